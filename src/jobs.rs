@@ -1,0 +1,1 @@
+//! Harvest runs and tile job states: planning, claiming with leases, quota.

@@ -1,0 +1,195 @@
+//! Domain records that flow through the pipeline: decoded from tiles, enriched from the Graph
+//! API, written to PostGIS. Ids are 64-bit integers end to end (never f64).
+
+use std::fmt;
+
+use geo_types::MultiLineString;
+
+/// A Mapillary image id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId(pub i64);
+
+/// A Mapillary map-feature id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapFeatureId(pub i64);
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for MapFeatureId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The four Mapillary vector tilesets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tileset {
+    /// `mly1_public`: coverage with original (EXIF) geometries.
+    Public,
+    /// `mly1_computed_public`: coverage with SfM-computed geometries.
+    ComputedPublic,
+    /// `mly_map_feature_point`: non-sign map features (layer `point`).
+    FeaturePoint,
+    /// `mly_map_feature_traffic_sign`: traffic signs (layer `traffic_sign`).
+    FeatureTrafficSign,
+}
+
+impl Tileset {
+    /// Every tileset, in a stable order.
+    pub const ALL: [Tileset; 4] =
+        [Tileset::Public, Tileset::ComputedPublic, Tileset::FeaturePoint, Tileset::FeatureTrafficSign];
+
+    /// The name used in tile URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tileset::Public => "mly1_public",
+            Tileset::ComputedPublic => "mly1_computed_public",
+            Tileset::FeaturePoint => "mly_map_feature_point",
+            Tileset::FeatureTrafficSign => "mly_map_feature_traffic_sign",
+        }
+    }
+
+    /// Parses a tileset name as used in URLs and the config.
+    pub fn from_name(s: &str) -> Option<Tileset> {
+        Tileset::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// Whether this tileset carries image coverage (as opposed to map features).
+    pub fn is_coverage(self) -> bool {
+        matches!(self, Tileset::Public | Tileset::ComputedPublic)
+    }
+}
+
+impl fmt::Display for Tileset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Map-feature kind, from the tileset it came from (Graph calls it `object_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeatureKind {
+    Point,
+    TrafficSign,
+}
+
+impl FeatureKind {
+    /// The value stored in `map_features.object_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureKind::Point => "point",
+            FeatureKind::TrafficSign => "traffic_sign",
+        }
+    }
+}
+
+/// An image as the coverage tile (`image` layer) describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileImage {
+    pub id: ImageId,
+    pub lon: f64,
+    pub lat: f64,
+    /// ms since the epoch; 0 occurs in real tiles and is kept as-is.
+    pub captured_at_ms: Option<i64>,
+    pub compass_angle: Option<f64>,
+    pub sequence_id: Option<String>,
+    pub is_pano: Option<bool>,
+    pub organization_id: Option<i64>,
+    pub creator_id: Option<i64>,
+}
+
+/// A sequence as the coverage tile (`sequence` layer) describes it, clipped to the tile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileSequence {
+    pub id: String,
+    pub image_id: Option<ImageId>,
+    pub captured_at_ms: Option<i64>,
+    pub is_pano: Option<bool>,
+    pub organization_id: Option<i64>,
+    pub creator_id: Option<i64>,
+    /// lon/lat line parts.
+    pub geom: MultiLineString<f64>,
+}
+
+/// A map feature as a `point` / `traffic_sign` tile layer describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileFeature {
+    pub id: MapFeatureId,
+    pub kind: FeatureKind,
+    pub lon: f64,
+    pub lat: f64,
+    pub value: Option<String>,
+    pub first_seen_at_ms: Option<i64>,
+    pub last_seen_at_ms: Option<i64>,
+}
+
+/// The useful content of one decoded z14 tile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecodedTile {
+    pub images: Vec<TileImage>,
+    pub sequences: Vec<TileSequence>,
+    pub features: Vec<TileFeature>,
+}
+
+/// Image fields from the Graph API (`/images`, `/?ids=`); absent fields stay `None`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImageDetails {
+    pub id: ImageId,
+    pub captured_at_ms: Option<i64>,
+    pub compass_angle: Option<f64>,
+    pub computed_compass_angle: Option<f64>,
+    pub is_pano: Option<bool>,
+    pub creator_id: Option<i64>,
+    pub creator_username: Option<String>,
+    pub organization_id: Option<i64>,
+    pub camera_type: Option<String>,
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub altitude: Option<f64>,
+    pub computed_altitude: Option<f64>,
+    pub quality_score: Option<f64>,
+    pub sequence_id: Option<String>,
+    /// Original GPS position (lon, lat).
+    pub geometry: Option<(f64, f64)>,
+    /// SfM-computed position (lon, lat); absent for unprocessed images.
+    pub computed_geometry: Option<(f64, f64)>,
+}
+
+impl Default for ImageId {
+    fn default() -> Self {
+        ImageId(0)
+    }
+}
+
+/// Map-feature fields from the Graph API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapFeatureDetails {
+    pub id: MapFeatureId,
+    pub object_value: Option<String>,
+    /// As the API spells it (`point`, `traffic_sign`, or the observed `trafficsign`).
+    pub object_type: Option<String>,
+    pub aligned_direction: Option<f64>,
+    pub first_seen_at_ms: Option<i64>,
+    pub last_seen_at_ms: Option<i64>,
+    pub geometry: Option<(f64, f64)>,
+    /// Images in which the feature is seen (the `images` edge).
+    pub images: Vec<ImageId>,
+}
+
+/// A detection of an object in an image (from the `detections` edge).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub id: i64,
+    pub image_id: ImageId,
+    pub map_feature_id: Option<MapFeatureId>,
+    pub value: Option<String>,
+    pub created_at_ms: Option<i64>,
+    /// The raw base64 MVT as the API sent it.
+    pub geometry_b64: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Decoding of Mapillary vector tiles and detection geometries.

@@ -1,0 +1,1 @@
+//! The sync pipeline: plan → fetch → decode → enrich → store.

@@ -1,0 +1,1 @@
+//! Regions: a config name, a bbox, or a GeoJSON (Multi)Polygon file.

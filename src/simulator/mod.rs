@@ -1,0 +1,1 @@
+//! Offline simulator of the Mapillary API v4 (`mly-harvest simulate`).

@@ -1,0 +1,1 @@
+//! PostGIS storage: connection, migrations, per-tile transactional writes.
