@@ -346,3 +346,32 @@ mod tests {
         }
     }
 }
+
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Remembers a secret so that `scrub` removes it from any text (logs, errors, panics).
+pub fn register_secret(s: &str) {
+    // Very short strings would scrub ordinary text; real tokens and passwords are long.
+    if s.len() < 6 {
+        return;
+    }
+    if let Ok(mut v) = SECRETS.write() {
+        if !v.iter().any(|x| x == s) {
+            v.push(s.to_string());
+        }
+    }
+}
+
+/// Replaces every registered secret (raw or percent-encoded) in `text` with `REDACTED`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(secrets) = SECRETS.read() else { return text.into() };
+    let mut out: std::borrow::Cow<'_, str> = text.into();
+    for s in secrets.iter() {
+        for form in [s.clone(), s.replace('|', "%7C"), s.replace('|', "%7c")] {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), "REDACTED").into();
+            }
+        }
+    }
+    out
+}

@@ -1,1 +1,245 @@
-//! Regions: a config name, a bbox, or a GeoJSON (Multi)Polygon file.
+//! Regions: a config region name, a `west,south,east,north` bbox, or a GeoJSON (Multi)Polygon file
+//! (bare geometry, Feature or FeatureCollection), validated and turned into a lon/lat shape.
+
+use std::path::{Path, PathBuf};
+
+use geo::BoundingRect;
+use geo_types::{Coord, LineString, MultiPolygon, Polygon};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::tiles::{self, Bbox, TileError, TileId};
+
+/// GeoJSON files larger than this are refused before parsing.
+pub const MAX_GEOJSON_BYTES: u64 = 64 * 1024 * 1024;
+/// Region polygons with more vertices than this must be simplified first.
+pub const MAX_VERTICES: usize = 50_000;
+
+/// Errors while resolving a REGION argument.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error(
+        "region {0:?} is not a configured region name, a bbox 'west,south,east,north', or an existing GeoJSON file"
+    )]
+    Unknown(String),
+    #[error("region {name:?}: {source}")]
+    Bbox { name: String, source: TileError },
+    #[error("region file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// A region to harvest: its shape in lon/lat (EPSG:4326) and its envelope.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// The name the user gave (config name, bbox text, or file path).
+    pub name: String,
+    /// The area, as one or more polygons; an antimeridian-crossing bbox becomes two.
+    pub shape: MultiPolygon<f64>,
+    /// A canonical description used to recognise the same region on resume.
+    pub key: String,
+}
+
+impl Region {
+    /// Resolves REGION: a config region name first, then a bbox, then a GeoJSON file path.
+    pub fn resolve(arg: &str, cfg: &Config) -> Result<Region, RegionError> {
+        if let Some(r) = cfg.regions.get(arg) {
+            return match (&r.bbox, &r.geojson) {
+                (Some(b), _) => Region::from_bbox_text(arg, b),
+                (None, Some(p)) => Region::from_geojson_file(arg, p),
+                // Config validation guarantees exactly one of the two.
+                (None, None) => Err(RegionError::Unknown(arg.to_string())),
+            };
+        }
+        let path = Path::new(arg);
+        if path.exists() {
+            return Region::from_geojson_file(arg, path);
+        }
+        if arg.contains(',') {
+            return Region::from_bbox_text(arg, arg);
+        }
+        Err(RegionError::Unknown(arg.to_string()))
+    }
+
+    /// A region from bbox text.
+    pub fn from_bbox_text(name: &str, text: &str) -> Result<Region, RegionError> {
+        let b: Bbox = text.parse().map_err(|source| RegionError::Bbox { name: name.to_string(), source })?;
+        Ok(Region::from_bbox(name, b))
+    }
+
+    /// A region from a validated bbox.
+    pub fn from_bbox(name: &str, b: Bbox) -> Region {
+        Region { name: name.to_string(), shape: b.to_multipolygon(), key: format!("bbox:{}", b.to_query()) }
+    }
+
+    /// A region from a GeoJSON file.
+    pub fn from_geojson_file(name: &str, path: &Path) -> Result<Region, RegionError> {
+        let err = |message: String| RegionError::File { path: path.to_path_buf(), message };
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.len() > MAX_GEOJSON_BYTES {
+            return Err(err(format!("is {} bytes; at most {MAX_GEOJSON_BYTES} are read", meta.len())));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let shape = parse_geojson(&text).map_err(err)?;
+        let key = format!("geojson:{:016x}", fnv1a(format!("{:?}", shape.0).as_bytes()));
+        Ok(Region { name: name.to_string(), shape, key })
+    }
+
+    /// z14 (or any zoom) tiles intersecting the region's shape.
+    pub fn tiles(&self, z: u8) -> Vec<TileId> {
+        tiles::cover(&self.shape, z)
+    }
+
+    /// How many tiles `tiles` would return, without listing them.
+    pub fn tile_count(&self, z: u8) -> u64 {
+        tiles::count_cover(&self.shape, z)
+    }
+
+    /// The region's envelope (of all parts).
+    pub fn envelope(&self) -> Option<geo_types::Rect<f64>> {
+        self.shape.bounding_rect()
+    }
+
+    /// The shape as ISO WKB (for storing the run's region).
+    pub fn to_wkb(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Writing WKB into a Vec cannot fail: the only error source is the writer, and Vec writes
+        // are infallible.
+        let _ = wkb::writer::write_multi_polygon(&mut buf, &self.shape, &Default::default());
+        buf
+    }
+}
+
+/// A stable 64-bit FNV-1a hash (for keys that must not change across releases).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Parses GeoJSON text into polygons, validating coordinates.
+pub fn parse_geojson(text: &str) -> Result<MultiPolygon<f64>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    let mut polys = Vec::new();
+    collect(&v, &mut polys, 0)?;
+    if polys.is_empty() {
+        return Err("contains no Polygon or MultiPolygon".into());
+    }
+    let vertices: usize = polys.iter().map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>()).sum();
+    if vertices > MAX_VERTICES {
+        return Err(format!(
+            "has {vertices} vertices; at most {MAX_VERTICES} are accepted (simplify it, e.g. ogr2ogr -simplify 0.0001)"
+        ));
+    }
+    Ok(MultiPolygon(polys))
+}
+
+fn collect(v: &Value, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), String> {
+    if depth > 4 {
+        return Err("nests geometries too deeply".into());
+    }
+    let ty = v.get("type").and_then(Value::as_str).ok_or("has an object without a \"type\"")?;
+    match ty {
+        "FeatureCollection" => {
+            let feats = v.get("features").and_then(Value::as_array).ok_or("FeatureCollection has no \"features\" array")?;
+            for f in feats {
+                collect(f, out, depth + 1)?;
+            }
+            Ok(())
+        }
+        "Feature" => match v.get("geometry") {
+            Some(g) if !g.is_null() => collect(g, out, depth + 1),
+            _ => Err("has a Feature without geometry".into()),
+        },
+        "GeometryCollection" => {
+            let geoms = v.get("geometries").and_then(Value::as_array).ok_or("GeometryCollection has no \"geometries\"")?;
+            for g in geoms {
+                collect(g, out, depth + 1)?;
+            }
+            Ok(())
+        }
+        "Polygon" => {
+            out.push(polygon(coords(v)?)?);
+            Ok(())
+        }
+        "MultiPolygon" => {
+            let parts = coords(v)?.as_array().ok_or("MultiPolygon coordinates must be an array")?;
+            for p in parts {
+                out.push(polygon(p)?);
+            }
+            Ok(())
+        }
+        other => Err(format!("has a {other} geometry; a region must be a Polygon or MultiPolygon")),
+    }
+}
+
+fn coords(v: &Value) -> Result<&Value, String> {
+    v.get("coordinates").ok_or_else(|| "has a geometry without \"coordinates\"".to_string())
+}
+
+fn polygon(v: &Value) -> Result<Polygon<f64>, String> {
+    let rings = v.as_array().ok_or("Polygon coordinates must be an array of rings")?;
+    let mut rings = rings.iter().map(ring);
+    let exterior = rings.next().ok_or("has a Polygon with no rings")??;
+    let interiors = rings.collect::<Result<Vec<_>, _>>()?;
+    Ok(Polygon::new(exterior, interiors))
+}
+
+fn ring(v: &Value) -> Result<LineString<f64>, String> {
+    let pts = v.as_array().ok_or("a ring must be an array of positions")?;
+    let mut out = Vec::with_capacity(pts.len());
+    for p in pts {
+        let a = p.as_array().ok_or("a position must be an array [lon, lat]")?;
+        let (Some(x), Some(y)) = (a.first().and_then(Value::as_f64), a.get(1).and_then(Value::as_f64)) else {
+            return Err(format!("position {p} is not [lon, lat] numbers"));
+        };
+        if !(-180.0..=180.0).contains(&x) || !(-90.0..=90.0).contains(&y) {
+            return Err(format!("position [{x}, {y}] is outside lon -180..180 / lat -90..90"));
+        }
+        out.push(Coord { x, y: y.clamp(-tiles::MAX_LAT, tiles::MAX_LAT) });
+    }
+    if out.first() != out.last() {
+        if let Some(first) = out.first().copied() {
+            out.push(first);
+        }
+    }
+    if out.len() < 4 {
+        return Err("has a ring with fewer than 3 distinct positions".into());
+    }
+    Ok(LineString(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polygon_feature_collection_and_errors() {
+        let fc = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},
+            "geometry":{"type":"Polygon","coordinates":[[[12.9,55.5],[13.1,55.65],[12.9,55.52],[12.9,55.5]]]}}]}"#;
+        let mp = parse_geojson(fc).unwrap();
+        assert_eq!(mp.0.len(), 1);
+        assert!(parse_geojson("{").unwrap_err().contains("not valid JSON"));
+        assert!(parse_geojson(r#"{"type":"Point","coordinates":[1,2]}"#).unwrap_err().contains("Point"));
+        assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[3,4]]]}"#).is_err());
+        assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[300,4],[1,5],[1,2]]]}"#)
+            .unwrap_err()
+            .contains("outside"));
+        assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[["a",2],[3,4],[1,5],[1,2]]]}"#).is_err());
+    }
+
+    #[test]
+    fn too_many_vertices() {
+        let n = MAX_VERTICES + 10;
+        let pts: Vec<String> = (0..n)
+            .map(|i| {
+                let a = i as f64 / n as f64 * std::f64::consts::TAU;
+                format!("[{},{}]", 13.0 + 0.01 * a.cos(), 55.6 + 0.01 * a.sin())
+            })
+            .collect();
+        let text = format!(r#"{{"type":"Polygon","coordinates":[[{},{}]]}}"#, pts.join(","), pts[0]);
+        assert!(parse_geojson(&text).unwrap_err().contains("vertices"));
+    }
+}

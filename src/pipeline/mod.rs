@@ -1,1 +1,3 @@
 //! The sync pipeline: plan → fetch → decode → enrich → store.
+
+pub mod plan;
