@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine with Rust: installs PostGIS and GDAL's ogrinfo
+# when missing, starts a throwaway PostgreSQL cluster unless DATABASE_URL is set, then runs every
+# test (unit, integration against real PostGIS + the simulator over loopback HTTP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v ogrinfo >/dev/null; then
+  echo "test.sh: installing gdal-bin (ogrinfo stands in for QGIS in the schema tests)" >&2
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gdal-bin >&2
+fi
+DATABASE_URL=$(scripts/pg.sh)
+export DATABASE_URL
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi
