@@ -1,5 +1,8 @@
 //! Offline simulator of the Mapillary API v4 (`mly-harvest simulate`).
 
+pub mod encode;
+pub mod world;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

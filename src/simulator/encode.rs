@@ -1,0 +1,313 @@
+//! MVT encoding of the simulated world: coverage tiles (`mly1_public`, `mly1_computed_public`),
+//! map-feature tiles, and the base64 MVT blobs of detection geometries.
+//!
+//! The byte layout follows the real 2024 `mly1_public` tile (layer order, key order, value kinds,
+//! positional feature ids), so the harvester's decoder is exercised against the real format.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use geozero::mvt::tile::{Feature, GeomType, Layer, Value};
+use geozero::mvt::{Message, Tile};
+
+use crate::model::{FeatureKind, Tileset};
+use crate::simulator::world::{SimImage, TileWorld};
+use crate::tiles::{EXTENT, TileId};
+
+/// A pixel gap (at extent 4096) beyond which consecutive images of a sequence are drawn as
+/// separate line parts: the drive left the tile (or images in between were deleted or moved).
+const PART_BREAK_PX: i64 = 120;
+
+/// The MVT bytes of tileset `ts` for z14 tile content (empty Vec if the tile has nothing for that tileset).
+pub fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
+    if ts == Tileset::Public
+        && let Some(bytes) = crate::simulator::world::fixture_tile_bytes(tw.tile)
+    {
+        return bytes;
+    }
+    let layers = match ts {
+        Tileset::Public => coverage_layers(tw, false),
+        Tileset::ComputedPublic => coverage_layers(tw, true),
+        Tileset::FeaturePoint => feature_layers(tw, FeatureKind::Point),
+        Tileset::FeatureTrafficSign => feature_layers(tw, FeatureKind::TrafficSign),
+    };
+    if layers.is_empty() {
+        return Vec::new();
+    }
+    Tile { layers }.encode_to_vec()
+}
+
+/// Hash key of an MVT value, so equal values are stored once per layer as real tiles do.
+#[derive(PartialEq, Eq, Hash)]
+enum ValueKey {
+    Int(i64),
+    Double(u64),
+    Bool(bool),
+    Str(String),
+}
+
+/// Accumulates one layer's features, keys and deduplicated values.
+struct LayerBuilder {
+    layer: Layer,
+    keys: HashMap<&'static str, u32>,
+    values: HashMap<ValueKey, u32>,
+}
+
+impl LayerBuilder {
+    fn new(name: &str) -> LayerBuilder {
+        LayerBuilder {
+            layer: Layer {
+                version: 2,
+                name: name.to_string(),
+                features: Vec::new(),
+                keys: Vec::new(),
+                values: Vec::new(),
+                extent: Some(EXTENT),
+            },
+            keys: HashMap::new(),
+            values: HashMap::new(),
+        }
+    }
+
+    fn key(&mut self, k: &'static str) -> u32 {
+        let layer = &mut self.layer;
+        *self.keys.entry(k).or_insert_with(|| {
+            layer.keys.push(k.to_string());
+            (layer.keys.len() - 1) as u32
+        })
+    }
+
+    fn value(&mut self, v: ValueKey) -> u32 {
+        if let Some(i) = self.values.get(&v) {
+            return *i;
+        }
+        let mvt = match &v {
+            ValueKey::Int(i) => Value { int_value: Some(*i), ..Default::default() },
+            ValueKey::Double(bits) => {
+                Value { double_value: Some(f64::from_bits(*bits)), ..Default::default() }
+            }
+            ValueKey::Bool(b) => Value { bool_value: Some(*b), ..Default::default() },
+            ValueKey::Str(s) => Value { string_value: Some(s.clone()), ..Default::default() },
+        };
+        self.layer.values.push(mvt);
+        let i = (self.layer.values.len() - 1) as u32;
+        self.values.insert(v, i);
+        i
+    }
+
+    /// Adds a feature; `props` must be in the (alphabetical) key order real tiles use.
+    fn push(&mut self, id: u64, ty: GeomType, geometry: Vec<u32>, props: Vec<(&'static str, ValueKey)>) {
+        let mut tags = Vec::with_capacity(props.len() * 2);
+        for (k, v) in props {
+            let ki = self.key(k);
+            let vi = self.value(v);
+            tags.push(ki);
+            tags.push(vi);
+        }
+        self.layer.features.push(Feature { id: Some(id), tags, r#type: Some(ty as i32), geometry });
+    }
+}
+
+fn zigzag(v: i64) -> u32 {
+    ((v << 1) ^ (v >> 63)) as u32
+}
+
+fn command(id: u32, count: u32) -> u32 {
+    (id & 0x7) | (count << 3)
+}
+
+/// The tile pixel of a position, rounded and clamped into the tile (positions are inside by construction;
+/// the clamp only guards rounding at the far edge).
+fn pixel(tile: TileId, lon: f64, lat: f64) -> (i64, i64) {
+    let (px, py) = tile.lonlat_to_pixel(lon, lat, EXTENT);
+    let e = i64::from(EXTENT);
+    ((px.round() as i64).clamp(0, e), (py.round() as i64).clamp(0, e))
+}
+
+fn point_geometry(p: (i64, i64)) -> Vec<u32> {
+    vec![command(1, 1), zigzag(p.0), zigzag(p.1)]
+}
+
+/// Encodes line parts (each ≥ 2 points) with one running cursor, as MVT requires.
+fn lines_geometry(parts: &[Vec<(i64, i64)>]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut cur = (0i64, 0i64);
+    for part in parts {
+        out.push(command(1, 1));
+        out.push(zigzag(part[0].0 - cur.0));
+        out.push(zigzag(part[0].1 - cur.1));
+        cur = part[0];
+        out.push(command(2, (part.len() - 1) as u32));
+        for &p in &part[1..] {
+            out.push(zigzag(p.0 - cur.0));
+            out.push(zigzag(p.1 - cur.1));
+            cur = p;
+        }
+    }
+    out
+}
+
+fn image_position(img: &SimImage, computed: bool) -> (f64, f64) {
+    if computed { img.computed.unwrap_or((img.lon, img.lat)) } else { (img.lon, img.lat) }
+}
+
+/// Splits a sequence's in-tile pixels (capture order) into drawable parts.
+fn line_parts(points: &[(i64, i64)]) -> Vec<Vec<(i64, i64)>> {
+    let mut parts: Vec<Vec<(i64, i64)>> = Vec::new();
+    let mut part: Vec<(i64, i64)> = Vec::new();
+    for &p in points {
+        if let Some(&last) = part.last() {
+            if last == p {
+                continue;
+            }
+            let far = (p.0 - last.0).abs().max((p.1 - last.1).abs()) > PART_BREAK_PX;
+            if far {
+                parts.push(std::mem::take(&mut part));
+            }
+        }
+        part.push(p);
+    }
+    parts.push(part);
+    let e = i64::from(EXTENT);
+    parts
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|mut p| {
+            // A lone image still gets a visible stub, as a line needs two distinct points.
+            if p.len() == 1 {
+                let (x, y) = p[0];
+                p.push(if x < e { (x + 1, y) } else { (x - 1, y) });
+            }
+            p
+        })
+        .collect()
+}
+
+fn coverage_layers(tw: &TileWorld, computed: bool) -> Vec<Layer> {
+    if tw.images.is_empty() {
+        return Vec::new();
+    }
+    let tile = tw.tile;
+    // In-tile images of each sequence in capture order.
+    let mut by_seq: HashMap<&str, Vec<&SimImage>> = HashMap::new();
+    for img in &tw.images {
+        by_seq.entry(img.sequence_id.as_str()).or_default().push(img);
+    }
+    let mut next_id = 0u64;
+    let mut seq_layer = LayerBuilder::new("sequence");
+    for seq in &tw.sequences {
+        let Some(imgs) = by_seq.get_mut(seq.id.as_str()) else { continue };
+        imgs.sort_by_key(|i| seq.image_ids.iter().position(|x| *x == i.id).unwrap_or(usize::MAX));
+        let pts: Vec<(i64, i64)> = imgs
+            .iter()
+            .map(|i| {
+                let (lon, lat) = image_position(i, computed);
+                pixel(tile, lon, lat)
+            })
+            .collect();
+        let parts = line_parts(&pts);
+        let mut props = vec![
+            ("captured_at", ValueKey::Int(seq.captured_at_ms)),
+            ("creator_id", ValueKey::Int(seq.creator_id)),
+            ("id", ValueKey::Str(seq.id.clone())),
+            ("image_id", ValueKey::Int(seq.image_ids.first().copied().unwrap_or(0))),
+            ("is_pano", ValueKey::Bool(seq.is_pano)),
+        ];
+        if let Some(org) = seq.organization_id {
+            props.push(("organization_id", ValueKey::Int(org)));
+        }
+        seq_layer.push(next_id, GeomType::Linestring, lines_geometry(&parts), props);
+        next_id += 1;
+    }
+    let mut img_layer = LayerBuilder::new("image");
+    for img in &tw.images {
+        let (lon, lat) = image_position(img, computed);
+        let mut props = vec![
+            ("captured_at", ValueKey::Int(img.captured_at_ms)),
+            ("compass_angle", ValueKey::Double(img.compass_angle.to_bits())),
+            ("creator_id", ValueKey::Int(img.creator_id)),
+            ("id", ValueKey::Int(img.id)),
+            ("is_pano", ValueKey::Bool(img.is_pano)),
+        ];
+        if let Some(org) = img.organization_id {
+            props.push(("organization_id", ValueKey::Int(org)));
+        }
+        props.push(("sequence_id", ValueKey::Str(img.sequence_id.clone())));
+        img_layer.push(next_id, GeomType::Point, point_geometry(pixel(tile, lon, lat)), props);
+        next_id += 1;
+    }
+    vec![seq_layer.layer, img_layer.layer]
+}
+
+fn feature_layers(tw: &TileWorld, kind: FeatureKind) -> Vec<Layer> {
+    let mut layer = LayerBuilder::new(kind.as_str());
+    let mut next_id = 0u64;
+    for f in tw.features.iter().filter(|f| f.kind == kind) {
+        let props = vec![
+            ("first_seen_at", ValueKey::Int(f.first_seen_at_ms)),
+            ("id", ValueKey::Int(f.id)),
+            ("last_seen_at", ValueKey::Int(f.last_seen_at_ms)),
+            ("value", ValueKey::Str(f.value.clone())),
+        ];
+        layer.push(next_id, GeomType::Point, point_geometry(pixel(tw.tile, f.lon, f.lat)), props);
+        next_id += 1;
+    }
+    if next_id == 0 { Vec::new() } else { vec![layer.layer] }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_len(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Base64 of a one-polygon MVT (layer `mpy-or`, version 2, extent 4096, feature id 1, no
+/// properties) outlining `polygon_px` (image-normalised pixels, 0..4096, ring without repeat).
+///
+/// Hand-encoded rather than through prost because the real blobs put the layer's `version` and
+/// `extent` before its features, an order prost's field-declaration order does not reproduce.
+pub fn detection_geometry_b64(polygon_px: &[(u32, u32)]) -> String {
+    let pts: Vec<(i64, i64)> = polygon_px.iter().map(|&(x, y)| (i64::from(x), i64::from(y))).collect();
+    let mut geom = Vec::new();
+    if pts.len() >= 3 {
+        geom.push(command(1, 1));
+        geom.push(zigzag(pts[0].0));
+        geom.push(zigzag(pts[0].1));
+        let mut cur = pts[0];
+        geom.push(command(2, (pts.len() - 1) as u32));
+        for &p in &pts[1..] {
+            geom.push(zigzag(p.0 - cur.0));
+            geom.push(zigzag(p.1 - cur.1));
+            cur = p;
+        }
+        geom.push(command(7, 1));
+    }
+    let mut packed = Vec::new();
+    for g in geom {
+        put_varint(&mut packed, u64::from(g));
+    }
+    let mut feature = Vec::new();
+    put_varint(&mut feature, 1 << 3); // id
+    put_varint(&mut feature, 1);
+    put_varint(&mut feature, 3 << 3); // type
+    put_varint(&mut feature, GeomType::Polygon as u64);
+    put_len(&mut feature, 4, &packed);
+    let mut layer = Vec::new();
+    put_varint(&mut layer, 15 << 3); // version
+    put_varint(&mut layer, 2);
+    put_len(&mut layer, 1, b"mpy-or");
+    put_varint(&mut layer, 5 << 3); // extent
+    put_varint(&mut layer, u64::from(EXTENT));
+    put_len(&mut layer, 2, &feature);
+    let mut tile = Vec::new();
+    put_len(&mut tile, 3, &layer);
+    base64::engine::general_purpose::STANDARD.encode(tile)
+}
