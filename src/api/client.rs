@@ -1,0 +1,518 @@
+//! The HTTP client: one retry loop shared by tiles and Graph calls, with classification,
+//! pacing, size caps and token scrubbing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+
+use super::error::{ApiError, Class, classify};
+use super::graph;
+use super::limiter::Pacer;
+use super::{
+    ApiCounters, ApiSettings, ByIds, DETECTION_FIELDS, IMAGE_FIELDS, MAP_FEATURE_FIELDS, MAX_IDS_PER_CALL,
+    SEARCH_LIMIT, Search, TileResponse, redact,
+};
+use crate::model::{Detection, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, Tileset};
+use crate::tiles::{Bbox, TileId};
+
+/// Body cap for tiles: dense real tiles reach ~10 MB; anything far above is hostile.
+const TILE_CAP: usize = 64 << 20;
+/// Body cap for Graph JSON.
+const JSON_CAP: usize = 32 << 20;
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(20);
+
+/// The API families, each paced separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Tiles,
+    Search,
+    Entity,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Tiles => "tiles",
+            Family::Search => "search",
+            Family::Entity => "entity",
+        }
+    }
+}
+
+/// A response the retry loop hands back: success, or a refusal the caller interprets.
+enum Reply {
+    Ok { status: u16, headers: HeaderMap, body: Bytes },
+    Refused { status: u16, class: Class },
+}
+
+#[derive(Default)]
+struct Counters {
+    tiles: AtomicU64,
+    search: AtomicU64,
+    entity: AtomicU64,
+    retries: AtomicU64,
+    throttled: AtomicU64,
+    not_modified: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    graph: String,
+    tiles: String,
+    token: crate::config::Secret,
+    /// `OAuth TOKEN`, marked sensitive so that reqwest/hyper never print it.
+    auth_header: HeaderValue,
+    max_retries: u32,
+    tiles_pacer: Pacer,
+    search_pacer: Pacer,
+    entity_pacer: Pacer,
+    counters: Counters,
+}
+
+/// The Mapillary API client; cheap to clone and shared by all workers.
+#[derive(Clone)]
+pub struct ApiClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("graph", &self.inner.graph)
+            .field("tiles", &self.inner.tiles)
+            .finish()
+    }
+}
+
+impl ApiClient {
+    /// Builds the client (installs the ring TLS provider once).
+    pub fn new(s: ApiSettings) -> Result<ApiClient, ApiError> {
+        // Fails only when a provider is already installed, which is what we want anyway.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let graph = s.graph_url.trim_end_matches('/').to_string();
+        let tiles = s.tiles_url.trim_end_matches('/').to_string();
+        for (what, u) in [("graph_url", &graph), ("tiles_url", &tiles)] {
+            Url::parse(u).map_err(|e| ApiError::Client(format!("{what} {u:?} is not a valid URL: {e}")))?;
+        }
+        let mut auth_header =
+            HeaderValue::from_str(&format!("OAuth {}", s.token.expose())).map_err(|_| {
+                ApiError::Client("the access token contains characters not allowed in a header".into())
+            })?;
+        auth_header.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .gzip(true)
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("mly-harvest/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Client(error_chain(&e.without_url())))?;
+        Ok(ApiClient {
+            inner: Arc::new(Inner {
+                http,
+                graph,
+                tiles,
+                token: s.token,
+                auth_header,
+                max_retries: s.max_retries,
+                tiles_pacer: Pacer::new(None),
+                search_pacer: Pacer::new(Some(s.search_per_minute)),
+                entity_pacer: Pacer::new(Some(s.entity_per_minute)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Request counts so far.
+    pub fn counters(&self) -> ApiCounters {
+        let c = &self.inner.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ApiCounters {
+            tiles: g(&c.tiles),
+            search: g(&c.search),
+            entity: g(&c.entity),
+            retries: g(&c.retries),
+            throttled: g(&c.throttled),
+            not_modified: g(&c.not_modified),
+            bytes: g(&c.bytes),
+        }
+    }
+
+    /// Fetches one vector tile; sends `If-None-Match` when an etag is given.
+    pub async fn tile(
+        &self,
+        ts: Tileset,
+        tile: TileId,
+        etag: Option<&str>,
+    ) -> Result<TileResponse, ApiError> {
+        let context = format!("while fetching {} tile {}/{}/{}", ts.name(), tile.z, tile.x, tile.y);
+        let mut url = self
+            .url(&self.inner.tiles, &format!("maps/vtp/{}/2/{}/{}/{}", ts.name(), tile.z, tile.x, tile.y))?;
+        url.query_pairs_mut().append_pair("access_token", self.inner.token.expose());
+        let mut headers = HeaderMap::new();
+        if let Some(e) = etag
+            && let Ok(v) = HeaderValue::from_str(e)
+        {
+            headers.insert(header::IF_NONE_MATCH, v);
+        }
+        match self.execute(Family::Tiles, url, headers, &context, TILE_CAP, false).await? {
+            Reply::Ok { status: 304, .. } => {
+                self.inner.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+                Ok(TileResponse::NotModified)
+            }
+            Reply::Ok { status: 204, .. } => Ok(TileResponse::Empty),
+            Reply::Ok { body, .. } if body.is_empty() => Ok(TileResponse::Empty),
+            Reply::Ok { headers, body, .. } => {
+                let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
+                Ok(TileResponse::Data { bytes: body, etag })
+            }
+            Reply::Refused { status: 403 | 404, .. } => Ok(TileResponse::Empty),
+            Reply::Refused { status, class } => Err(self.refusal(&context, status, class)),
+        }
+    }
+
+    /// All images in a bbox, or `TooMuch` when the box must be split.
+    pub async fn search_images(&self, bbox: &Bbox) -> Result<Search<ImageDetails>, ApiError> {
+        self.search("images", "images", IMAGE_FIELDS, bbox, graph::parse_image).await
+    }
+
+    /// All map features in a bbox, or `TooMuch` when the box must be split.
+    pub async fn search_map_features(&self, bbox: &Bbox) -> Result<Search<MapFeatureDetails>, ApiError> {
+        self.search("map_features", "map features", MAP_FEATURE_FIELDS, bbox, graph::parse_map_feature).await
+    }
+
+    /// Images by id (any number; chunked by 50). Missing ids are found by bisection.
+    pub async fn images_by_id(&self, ids: &[ImageId]) -> Result<ByIds<ImageDetails>, ApiError> {
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.by_ids("images", &ids, IMAGE_FIELDS, |_, v| graph::parse_image(v)).await
+    }
+
+    /// Map features by id (any number; chunked by 50).
+    pub async fn map_features_by_id(
+        &self,
+        ids: &[MapFeatureId],
+    ) -> Result<ByIds<MapFeatureDetails>, ApiError> {
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.by_ids("map features", &ids, MAP_FEATURE_FIELDS, |_, v| graph::parse_map_feature(v)).await
+    }
+
+    /// Detections of images via `/?ids=..&fields=detections.id,detections.value,detections.created_at,detections.geometry`.
+    /// `found` holds one (possibly empty) list per existing image; each detection names its image.
+    pub async fn detections_by_image(&self, ids: &[ImageId]) -> Result<ByIds<Vec<Detection>>, ApiError> {
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.by_ids("detections of images", &ids, DETECTION_FIELDS, |id, v| {
+            graph::parse_image_detections(v, ImageId(id))
+        })
+        .await
+    }
+
+    fn url(&self, base: &str, path: &str) -> Result<Url, ApiError> {
+        Url::parse(&format!("{base}/{path}"))
+            .map_err(|e| ApiError::Client(format!("cannot build a URL from {base:?} and {path:?}: {e}")))
+    }
+
+    async fn search<T>(
+        &self,
+        endpoint: &str,
+        what: &str,
+        fields: &str,
+        bbox: &Bbox,
+        parse: fn(&Value) -> Result<T, String>,
+    ) -> Result<Search<T>, ApiError> {
+        let mut all = Vec::new();
+        // The API takes west < east only; a box across the antimeridian is two searches.
+        for part in bbox.split_antimeridian() {
+            let context = format!("while searching {what} in bbox {}", part.to_query());
+            let mut url = self.url(&self.inner.graph, endpoint)?;
+            url.query_pairs_mut()
+                .append_pair("bbox", &part.to_query())
+                .append_pair("fields", fields)
+                .append_pair("limit", &SEARCH_LIMIT.to_string());
+            match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
+                Reply::Ok { body, .. } => {
+                    let v = json(&body, &context)?;
+                    let items = graph::parse_collection(&v, parse)
+                        .map_err(|m| ApiError::Decode { context: context.clone(), message: m })?;
+                    if items.len() >= SEARCH_LIMIT {
+                        return Ok(Search::TooMuch);
+                    }
+                    all.extend(items);
+                }
+                Reply::Refused { class: Class::TooMuch(_), .. } => return Ok(Search::TooMuch),
+                Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
+            }
+        }
+        Ok(Search::Complete(all))
+    }
+
+    async fn by_ids<T>(
+        &self,
+        what: &str,
+        ids: &[i64],
+        fields: &str,
+        parse: impl Fn(i64, &Value) -> Result<T, String>,
+    ) -> Result<ByIds<T>, ApiError> {
+        let mut seen = HashSet::new();
+        let unique: Vec<i64> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+        let mut out = ByIds { found: Vec::new(), missing: Vec::new() };
+        for chunk in unique.chunks(MAX_IDS_PER_CALL) {
+            // Depth-first bisection: a batch refused for an unknown id is split in halves
+            // until the culprits stand alone.
+            let mut stack: Vec<&[i64]> = vec![chunk];
+            while let Some(batch) = stack.pop() {
+                let list = batch.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                let context = format!("while looking up {} {what} ({}…)", batch.len(), batch[0]);
+                let mut url = self.url(&self.inner.graph, "")?;
+                url.query_pairs_mut().append_pair("ids", &list).append_pair("fields", fields);
+                match self.execute(Family::Entity, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
+                    Reply::Ok { body, .. } => {
+                        let v = json(&body, &context)?;
+                        let map = v.as_object().ok_or_else(|| ApiError::Decode {
+                            context: context.clone(),
+                            message: "the ?ids= response is not an object keyed by id".into(),
+                        })?;
+                        for id in batch {
+                            match map.get(&id.to_string()) {
+                                Some(item) => out.found.push(parse(*id, item).map_err(|m| {
+                                    ApiError::Decode { context: context.clone(), message: m }
+                                })?),
+                                None => out.missing.push(*id),
+                            }
+                        }
+                    }
+                    Reply::Refused { class: Class::Missing(_), .. } if batch.len() == 1 => {
+                        out.missing.push(batch[0]);
+                    }
+                    Reply::Refused { class: Class::Missing(_), .. } => {
+                        let (a, b) = batch.split_at(batch.len() / 2);
+                        stack.push(b);
+                        stack.push(a);
+                    }
+                    Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Maps a refusal the caller has no special meaning for to an error.
+    fn refusal(&self, context: &str, status: u16, class: Class) -> ApiError {
+        let message = match class {
+            Class::Auth(m) => return ApiError::Auth { message: self.scrub(&format!("{context}: {m}")) },
+            Class::Throttled(m)
+            | Class::Transient(m)
+            | Class::TooMuch(m)
+            | Class::Missing(m)
+            | Class::Permanent(m) => m,
+        };
+        ApiError::Permanent { context: context.to_string(), status, message: self.scrub(&message) }
+    }
+
+    /// Removes the token (plain or percent-encoded) from text that came from outside.
+    fn scrub(&self, s: &str) -> String {
+        let t = self.inner.token.expose();
+        let mut s = redact(s);
+        if t.len() >= 4 {
+            let enc = t.replace('|', "%7C");
+            for form in [t.to_string(), enc.clone(), enc.replace("%7C", "%7c")] {
+                s = s.replace(&form, "REDACTED");
+            }
+        }
+        s
+    }
+
+    fn pacer(&self, f: Family) -> &Pacer {
+        match f {
+            Family::Tiles => &self.inner.tiles_pacer,
+            Family::Search => &self.inner.search_pacer,
+            Family::Entity => &self.inner.entity_pacer,
+        }
+    }
+
+    fn count(&self, f: Family) {
+        let c = &self.inner.counters;
+        match f {
+            Family::Tiles => &c.tiles,
+            Family::Search => &c.search,
+            Family::Entity => &c.entity,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The retry loop: pace, send, read capped body, classify; retry transient failures with
+    /// jittered exponential backoff and throttles after a family-wide cooldown.
+    async fn execute(
+        &self,
+        family: Family,
+        url: Url,
+        extra: HeaderMap,
+        context: &str,
+        cap: usize,
+        json_body: bool,
+    ) -> Result<Reply, ApiError> {
+        let safe_url = redact(url.as_str());
+        let max_retries = self.inner.max_retries;
+        // Throttles get their own, larger budget: they mean "slower", not "broken".
+        let max_throttles = max_retries.saturating_mul(2).saturating_add(2);
+        let (mut attempts, mut throttles, mut retries) = (0u32, 0u32, 0u32);
+        loop {
+            attempts += 1;
+            let pacer = self.pacer(family);
+            pacer.ready().await;
+            self.count(family);
+            let started = Instant::now();
+            let mut req = self.inner.http.get(url.clone()).headers(extra.clone());
+            if family != Family::Tiles {
+                req = req.header(header::AUTHORIZATION, self.inner.auth_header.clone());
+            }
+            let outcome = match req.send().await {
+                Err(e) => Err(self.scrub(&error_chain(&e.without_url()))),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    match read_capped(resp, cap).await {
+                        Ok(body) => Ok((status, headers, body)),
+                        Err(ReadError::TooLarge) => {
+                            tracing::warn!(family = family.name(), url = %safe_url, cap, "response over the size cap");
+                            return Err(ApiError::TooLarge { context: context.to_string() });
+                        }
+                        Err(ReadError::Http(e)) => Err(self.scrub(&error_chain(&e.without_url()))),
+                    }
+                }
+            };
+            let ms = started.elapsed().as_millis() as u64;
+            let retry_after;
+            let message = match outcome {
+                Err(message) => {
+                    tracing::debug!(family = family.name(), url = %safe_url, status = 0u16, ms, error = %message, "request failed");
+                    retry_after = None;
+                    message
+                }
+                Ok((status, headers, body)) => {
+                    self.inner.counters.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    tracing::debug!(family = family.name(), url = %safe_url, status = status.as_u16(), ms, bytes = body.len(), "request");
+                    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                        if json_body
+                            && status != StatusCode::NO_CONTENT
+                            && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+                        {
+                            retry_after = None;
+                            "invalid JSON in a 2xx response (truncated?)".to_string()
+                        } else {
+                            pacer.succeeded();
+                            return Ok(Reply::Ok { status: status.as_u16(), headers, body });
+                        }
+                    } else {
+                        match classify(status.as_u16(), &body) {
+                            Class::Auth(m) => {
+                                return Err(ApiError::Auth {
+                                    message: self.scrub(&format!("{context}: {m}")),
+                                });
+                            }
+                            Class::Throttled(m) => {
+                                self.inner.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                                throttles += 1;
+                                let pause = pacer.throttled(retry_after_of(&headers));
+                                let message =
+                                    format!("HTTP {}: throttled: {}", status.as_u16(), self.scrub(&m));
+                                if throttles > max_throttles {
+                                    return Err(ApiError::Transient {
+                                        context: context.to_string(),
+                                        attempts,
+                                        message,
+                                    });
+                                }
+                                tracing::warn!(family = family.name(), url = %safe_url, status = status.as_u16(), pause_ms = pause.as_millis() as u64, throttles, "throttled; slowing down");
+                                self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            Class::Transient(m) => {
+                                retry_after = retry_after_of(&headers);
+                                format!("HTTP {}: {}", status.as_u16(), self.scrub(&m))
+                            }
+                            class => return Ok(Reply::Refused { status: status.as_u16(), class }),
+                        }
+                    }
+                }
+            };
+            if retries >= max_retries {
+                return Err(ApiError::Transient { context: context.to_string(), attempts, message });
+            }
+            retries += 1;
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            let delay = retry_after.map_or_else(|| backoff(retries), |r| r.min(BACKOFF_CAP));
+            tracing::warn!(family = family.name(), url = %safe_url, attempt = attempts, delay_ms = delay.as_millis() as u64, error = %message, "transient failure; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Full-jitter-ish exponential backoff: between half and all of `base * 2^(n-1)`, capped.
+fn backoff(n: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(BACKOFF_CAP);
+    exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn retry_after_of(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn json(body: &[u8], context: &str) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Decode { context: context.to_string(), message: e.to_string() })
+}
+
+enum ReadError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// Reads the body, refusing to hold more than `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, ReadError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Http)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// A reqwest error with its causes, which name the actual failure (reset, timeout, …).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        for n in 1..30 {
+            let d = backoff(n);
+            assert!(d <= BACKOFF_CAP, "{n}: {d:?}");
+            assert!(d >= BACKOFF_BASE / 2, "{n}: {d:?}");
+        }
+        assert!(backoff(6) >= Duration::from_secs(4));
+    }
+}
