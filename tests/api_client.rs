@@ -479,6 +479,7 @@ async fn limiter_keeps_sliding_window_under_limit() {
     assert!(max_1s <= 20, "{max_1s} requests in one second");
     // Scaled to the 60-s window: burst + 98% rate - burst → ≤ 10 + 3 * 9.8 in 3 s.
     let in_run = v.iter().filter(|t| t.duration_since(t0) < run).count();
+    eprintln!("limiter at 600/min: {in_run} requests in 3 s, at most {max_1s} in any 1 s");
     assert!(in_run <= 40, "{in_run} in 3 s");
     assert!(in_run >= 25, "limiter too slow: {in_run} in 3 s");
     assert_eq!(c.counters().throttled, 0);

@@ -238,8 +238,10 @@ impl ApiClient {
             match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
                 Reply::Ok { body, .. } => {
                     let v = json(&body, &context)?;
-                    let items = graph::parse_collection(&v, parse)
-                        .map_err(|m| ApiError::Decode { context: context.clone(), message: m })?;
+                    let items = graph::parse_collection(&v, parse).map_err(|m| ApiError::Decode {
+                        context: context.clone(),
+                        message: self.scrub(&m),
+                    })?;
                     if items.len() >= SEARCH_LIMIT {
                         return Ok(Search::TooMuch);
                     }
@@ -281,7 +283,7 @@ impl ApiClient {
                         for id in batch {
                             match map.get(&id.to_string()) {
                                 Some(item) => out.found.push(parse(*id, item).map_err(|m| {
-                                    ApiError::Decode { context: context.clone(), message: m }
+                                    ApiError::Decode { context: context.clone(), message: self.scrub(&m) }
                                 })?),
                                 None => out.missing.push(*id),
                             }
