@@ -1,1 +1,370 @@
 //! PostGIS storage: connection, migrations, per-tile transactional writes.
+
+mod write;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+use crate::model::{
+    Detection, ImageDetails, MapFeatureDetails, TileFeature, TileImage, TileSequence, Tileset,
+};
+use crate::tiles::TileId;
+
+/// Errors of the storage layer; none of them ever carries the database password.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL could not be parsed (the URL itself is not repeated: it may hold a password).
+    #[error("invalid database URL: {reason}")]
+    BadUrl { reason: String },
+    #[error("invalid database schema name {0:?}: use lowercase letters, digits and _")]
+    BadSchema(String),
+    #[error("cannot connect to PostgreSQL at {endpoint}: {source}")]
+    Unreachable { endpoint: String, source: sqlx::Error },
+    #[error(
+        "PostGIS is not available in this database ({detail}): install it on the database host with \
+         `apt-get install postgresql-{major}-postgis-3`, or have a superuser run `CREATE EXTENSION postgis` \
+         in this database"
+    )]
+    NoPostgis { major: u32, detail: String },
+    #[error("while migrating schema {schema}: {source}")]
+    Migrate { schema: String, source: sqlx::migrate::MigrateError },
+    #[error("database error while {context}: {source}")]
+    Query { context: String, source: sqlx::Error },
+    #[error(
+        "lease lost on tile {tileset} {tile} (run {run_id}): another worker holds it now, its write wins"
+    )]
+    LeaseLost { run_id: i64, tileset: Tileset, tile: TileId },
+    #[error("while encoding {what}: {reason}")]
+    Encode { what: String, reason: String },
+}
+
+/// Builds the [`StoreError::NoPostgis`] error for a server of the given major version.
+pub fn no_postgis(major: u32, detail: &str) -> StoreError {
+    StoreError::NoPostgis { major, detail: detail.to_string() }
+}
+
+/// Wraps a sqlx error with what we were doing.
+pub(crate) fn query_err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Query { context, source }
+}
+
+/// A connection pool whose connections all use the configured schema.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+}
+
+/// What the database knows about one record, for diffing a tile against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub tile_hash: i64,
+    pub enriched_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+/// What the database holds for one tile.
+#[derive(Debug, Clone, Default)]
+pub struct TileSnapshot {
+    /// ETag of the last fetch, for a conditional request.
+    pub etag: Option<String>,
+    /// Live records last seen in this tile, by id.
+    pub live: HashMap<i64, Known>,
+}
+
+/// One tile's result, written by [`Store::write_tile`].
+#[derive(Debug, Clone)]
+pub struct TileWrite {
+    pub run_id: i64,
+    pub tileset: Tileset,
+    pub tile: TileId,
+    pub lease_owner: String,
+    pub etag: Option<String>,
+    /// true when the server said 304 / the tile is unchanged: only touch bookkeeping, no rows.
+    pub unchanged: bool,
+    /// Every image the coverage tile holds now (coverage tilesets).
+    pub images: Vec<ImageRow>,
+    /// Sequences from the tile (attributes); their geometry is rebuilt from images.
+    pub sequences: Vec<TileSequence>,
+    /// Every feature the feature tile holds now (feature tilesets).
+    pub features: Vec<FeatureRow>,
+    pub detections: Vec<DetectionRow>,
+}
+
+/// An image to write; `details: None` keeps the existing enriched columns.
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub tile: TileImage,
+    pub tile_hash: i64,
+    pub details: Option<ImageDetails>,
+}
+
+/// A map feature to write; `details: None` keeps the existing enriched columns and image links.
+#[derive(Debug, Clone)]
+pub struct FeatureRow {
+    pub tile: TileFeature,
+    pub tile_hash: i64,
+    pub details: Option<MapFeatureDetails>,
+}
+
+/// A detection to write, with its outline decoded to WKB in image pixel space (SRID 0).
+#[derive(Debug, Clone)]
+pub struct DetectionRow {
+    pub det: Detection,
+    pub pixel_geom_wkb: Option<Vec<u8>>,
+}
+
+/// What one [`Store::write_tile`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Ids not in the database before.
+    pub new: u64,
+    /// Live ids whose tile_hash changed or that came with fresh details.
+    pub changed: u64,
+    /// Live ids of this tile that vanished from it (tombstoned).
+    pub deleted: u64,
+    /// Ids that were tombstoned and are back.
+    pub revived: u64,
+    /// Records written.
+    pub total: u64,
+}
+
+/// "host:port" of a connect-options, for messages that must not show the password.
+fn endpoint(opts: &PgConnectOptions) -> String {
+    format!("{}:{}", opts.get_host(), opts.get_port())
+}
+
+impl Store {
+    /// Connects a pool whose sessions use `"<schema>", public` as search_path.
+    pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<Store, StoreError> {
+        if crate::config::validate_identifier(schema).is_err() {
+            return Err(StoreError::BadSchema(schema.to_string()));
+        }
+        // sqlx's parse errors do not echo the URL, but stay generic anyway: it may hold a password.
+        let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl {
+            reason: "expected postgres://user[:password]@host[:port]/db".into(),
+        })?;
+        let opts = opts
+            .options([("search_path", format!("\"{schema}\", public"))])
+            // Big tile writes legitimately take over a second; sqlx would WARN on each of them.
+            .disable_statement_logging();
+        let endpoint = endpoint(&opts);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Unreachable { endpoint: endpoint.clone(), source })?;
+        tracing::debug!(%endpoint, schema, "connected to PostgreSQL");
+        Ok(Store { pool, schema: schema.to_string() })
+    }
+
+    /// Ensures PostGIS and the schema exist, then applies `migrations/` inside the schema.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(query_err("acquiring a connection to migrate"))?;
+        // Serialises concurrent `migrate` calls across processes: CREATE EXTENSION/SCHEMA race
+        // otherwise (unique violations in the catalogs). Session lock, released below.
+        sqlx::query("SELECT pg_advisory_lock(7243901122)")
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("locking for migration"))?;
+        let result = self.migrate_locked(&mut conn).await;
+        let unlock = sqlx::query("SELECT pg_advisory_unlock(7243901122)").execute(&mut *conn).await;
+        result?;
+        unlock.map_err(query_err("unlocking after migration"))?;
+        Ok(())
+    }
+
+    async fn migrate_locked(&self, conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        let has_postgis: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'postgis')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(query_err("checking for PostGIS"))?;
+        if !has_postgis
+            && let Err(e) =
+                sqlx::query("CREATE EXTENSION IF NOT EXISTS postgis SCHEMA public").execute(&mut *conn).await
+        {
+            let num: String = sqlx::query_scalar("SHOW server_version_num")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(query_err("reading the server version"))?;
+            let major = num.parse::<u32>().map(|n| n / 10000).unwrap_or(15);
+            let detail = match &e {
+                sqlx::Error::Database(db) => db.message().to_string(),
+                other => other.to_string(),
+            };
+            return Err(no_postgis(major, &detail));
+        }
+        // The only string-built SQL: the identifier passed validate_identifier (lowercase, digits, _).
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(format!("creating schema {}", self.schema)))?;
+        sqlx::migrate!()
+            .run_direct(None, &mut *conn, false)
+            .await
+            .map_err(|source| StoreError::Migrate { schema: self.schema.clone(), source })?;
+        tracing::info!(schema = %self.schema, "database schema is up to date");
+        Ok(())
+    }
+
+    /// The pool (all sessions have the schema on their search_path).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The configured schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// What the database holds for one tile: live ids with their tile_hash and enriched_at, for diffing.
+    pub async fn tile_snapshot(&self, tileset: Tileset, tile: TileId) -> Result<TileSnapshot, StoreError> {
+        let ctx = || format!("reading the snapshot of {tileset} tile {tile}");
+        let (z, x, y) = tile_key(tile);
+        let etag: Option<String> = sqlx::query_scalar(
+            "SELECT etag FROM tile_state WHERE tileset = $1 AND z = $2 AND x = $3 AND y = $4",
+        )
+        .bind(tileset.name())
+        .bind(z)
+        .bind(x)
+        .bind(y)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err(ctx()))?
+        .flatten();
+        let rows = match feature_kind(tileset) {
+            None => {
+                sqlx::query(
+                    "SELECT id, tile_hash, enriched_at FROM images \
+                     WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL",
+                )
+                .bind(z)
+                .bind(x)
+                .bind(y)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Some(kind) => {
+                sqlx::query(
+                    "SELECT id, tile_hash, enriched_at FROM map_features \
+                     WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL",
+                )
+                .bind(z)
+                .bind(x)
+                .bind(y)
+                .bind(kind)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(query_err(ctx()))?;
+        let mut live = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get(0).map_err(query_err(ctx()))?;
+            let tile_hash: Option<i64> = r.try_get(1).map_err(query_err(ctx()))?;
+            let enriched_at: Option<DateTime<Utc>> = r.try_get(2).map_err(query_err(ctx()))?;
+            live.insert(id, Known { tile_hash: tile_hash.unwrap_or(0), enriched_at, deleted: false });
+        }
+        Ok(TileSnapshot { etag, live })
+    }
+
+    /// tile_hash/enriched_at/deleted_at for image ids wherever they are (records that moved in from another tile).
+    pub async fn known_images(&self, ids: &[i64]) -> Result<HashMap<i64, Known>, StoreError> {
+        self.known(
+            "SELECT id, tile_hash, enriched_at, deleted_at IS NOT NULL FROM images WHERE id = ANY($1)",
+            ids,
+            "looking up known images",
+        )
+        .await
+    }
+
+    /// tile_hash/enriched_at/deleted_at for feature ids wherever they are.
+    pub async fn known_features(&self, ids: &[i64]) -> Result<HashMap<i64, Known>, StoreError> {
+        self.known(
+            "SELECT id, tile_hash, enriched_at, deleted_at IS NOT NULL FROM map_features WHERE id = ANY($1)",
+            ids,
+            "looking up known map features",
+        )
+        .await
+    }
+
+    async fn known(
+        &self,
+        sql: &'static str,
+        ids: &[i64],
+        ctx: &str,
+    ) -> Result<HashMap<i64, Known>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = sqlx::query(sql).bind(ids).fetch_all(&self.pool).await.map_err(query_err(ctx))?;
+        for r in rows {
+            let id: i64 = r.try_get(0).map_err(query_err(ctx))?;
+            let tile_hash: Option<i64> = r.try_get(1).map_err(query_err(ctx))?;
+            let enriched_at: Option<DateTime<Utc>> = r.try_get(2).map_err(query_err(ctx))?;
+            let deleted: bool = r.try_get(3).map_err(query_err(ctx))?;
+            out.insert(id, Known { tile_hash: tile_hash.unwrap_or(0), enriched_at, deleted });
+        }
+        Ok(out)
+    }
+
+    /// Writes one tile's result and marks its job done, in ONE transaction.
+    pub async fn write_tile(&self, w: &TileWrite) -> Result<WriteCounts, StoreError> {
+        write::write_tile(self, w).await
+    }
+}
+
+/// The map_features.object_type a tileset's features carry; None for coverage tilesets.
+pub(crate) fn feature_kind(tileset: Tileset) -> Option<&'static str> {
+    match tileset {
+        Tileset::Public | Tileset::ComputedPublic => None,
+        Tileset::FeaturePoint => Some("point"),
+        Tileset::FeatureTrafficSign => Some("traffic_sign"),
+    }
+}
+
+/// Tile coordinates as stored (smallint, int, int).
+pub(crate) fn tile_key(t: TileId) -> (i16, i32, i32) {
+    // TileId::new limits z to 30 and x/y below 2^30, so these casts never truncate valid tiles.
+    (i16::from(t.z), t.x as i32, t.y as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_postgis_message_says_what_to_install() {
+        let m = no_postgis(16, "could not open extension control file").to_string();
+        assert!(m.contains("apt-get install postgresql-16-postgis-3"), "{m}");
+        assert!(m.contains("CREATE EXTENSION postgis"), "{m}");
+        assert!(m.contains("could not open extension control file"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_names_endpoint_not_password() {
+        let e = Store::connect("postgres://alice:hunter2secret@127.0.0.1:1/db", "mapillary", 1)
+            .await
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, StoreError::Unreachable { .. }), "{m}");
+        assert!(m.contains("127.0.0.1:1"), "{m}");
+        assert!(!m.contains("hunter2secret") && !format!("{e:?}").contains("hunter2secret"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn bad_schema_rejected() {
+        let e = Store::connect("postgres://localhost/db", "x\"; drop", 1).await.unwrap_err();
+        assert!(matches!(e, StoreError::BadSchema(_)));
+    }
+}
