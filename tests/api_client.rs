@@ -484,3 +484,75 @@ async fn limiter_keeps_sliding_window_under_limit() {
     assert!(in_run >= 25, "limiter too slow: {in_run} in 3 s");
     assert_eq!(c.counters().throttled, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_simulator() {
+    // `mly-harvest simulate` (common::Sim) needs the CLI, which is not wired yet; the same
+    // simulator is served in-process here, still over real loopback HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut args = mly_harvest::simulator::SimulateArgs::with_listen(addr);
+    args.entity_per_minute = 600;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        mly_harvest::simulator::serve(&args, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let sim_url = format!("http://{addr}");
+    let mut s = settings(&sim_url);
+    s.token = Secret::new(common::SIM_TOKEN);
+    s.entity_per_minute = 600;
+    let c = ApiClient::new(s.clone()).unwrap();
+
+    // A z14 tile with coverage, then the same tile again with its ETag.
+    let tile = TileId::new(14, 8574, 5735).unwrap();
+    let TileResponse::Data { bytes, etag } = c.tile(Tileset::Public, tile, None).await.unwrap() else {
+        panic!("expected coverage at {tile:?}")
+    };
+    let decoded = mly_harvest::mvt::decode_tile(Tileset::Public, tile, &bytes).unwrap();
+    assert!(!decoded.images.is_empty());
+    if let Some(etag) = etag {
+        assert_eq!(c.tile(Tileset::Public, tile, Some(&etag)).await.unwrap(), TileResponse::NotModified);
+    }
+
+    // Enrich some of the tile's images by id, with one id that does not exist.
+    let mut ids: Vec<ImageId> = decoded.images.iter().take(60).map(|i| i.id).collect();
+    ids.push(ImageId(9_999_999_999_999_999));
+    let r = c.images_by_id(&ids).await.unwrap();
+    assert_eq!(r.missing, vec![9_999_999_999_999_999]);
+    assert_eq!(r.found.len(), ids.len() - 1);
+    let first = &decoded.images[0];
+    let got = r.found.iter().find(|d| d.id == first.id).unwrap();
+    let (lon, lat) = got.geometry.unwrap();
+    assert!((lon - first.lon).abs() < 1e-4 && (lat - first.lat).abs() < 1e-4, "{lon},{lat} vs {first:?}");
+
+    // A small bbox search around that image answers (complete or "split me").
+    let b = Bbox::new(first.lon - 0.001, first.lat - 0.001, first.lon + 0.001, first.lat + 0.001).unwrap();
+    match c.search_images(&b).await.unwrap() {
+        Search::Complete(v) => assert!(v.iter().any(|i| i.id == first.id)),
+        Search::TooMuch => {}
+    }
+    // A box over the area cap must be split.
+    let big = Bbox::new(8.3, 47.3, 8.5, 47.5).unwrap();
+    assert_eq!(c.search_images(&big).await.unwrap(), Search::TooMuch);
+
+    // A token the simulator never issued stops at once, and never shows up in the error.
+    let mut bad = s.clone();
+    bad.token = Secret::new(TOKEN);
+    let e = ApiClient::new(bad).unwrap().images_by_id(&ids[..1]).await.unwrap_err();
+    assert!(e.is_auth(), "{e:?}");
+    assert_no_token(&e);
+
+    let stats_url = format!("{sim_url}/__sim/stats");
+    let (status, body) =
+        tokio::task::spawn_blocking(move || common::http_get(&stats_url, &[])).await.unwrap();
+    assert_eq!(status, 200);
+    let stats: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stats["throttled"], 0, "{stats}");
+    eprintln!("simulator: {} images in the tile; client {:?}; sim {stats}", decoded.images.len(), c.counters());
+    assert_eq!(c.counters().throttled, 0);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
