@@ -355,10 +355,10 @@ pub fn register_secret(s: &str) {
     if s.len() < 6 {
         return;
     }
-    if let Ok(mut v) = SECRETS.write() {
-        if !v.iter().any(|x| x == s) {
-            v.push(s.to_string());
-        }
+    if let Ok(mut v) = SECRETS.write()
+        && !v.iter().any(|x| x == s)
+    {
+        v.push(s.to_string());
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use geo_types::MultiLineString;
 
 /// A Mapillary image id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageId(pub i64);
 
 /// A Mapillary map-feature id.
@@ -159,12 +159,6 @@ pub struct ImageDetails {
     pub geometry: Option<(f64, f64)>,
     /// SfM-computed position (lon, lat); absent for unprocessed images.
     pub computed_geometry: Option<(f64, f64)>,
-}
-
-impl Default for ImageId {
-    fn default() -> Self {
-        ImageId(0)
-    }
 }
 
 /// Map-feature fields from the Graph API.

@@ -200,10 +200,10 @@ fn ring(v: &Value) -> Result<LineString<f64>, String> {
         }
         out.push(Coord { x, y: y.clamp(-tiles::MAX_LAT, tiles::MAX_LAT) });
     }
-    if out.first() != out.last() {
-        if let Some(first) = out.first().copied() {
-            out.push(first);
-        }
+    if out.first() != out.last()
+        && let Some(first) = out.first().copied()
+    {
+        out.push(first);
     }
     if out.len() < 4 {
         return Err("has a ring with fewer than 3 distinct positions".into());
