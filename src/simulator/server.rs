@@ -483,10 +483,6 @@ impl AppState {
         if z > HARVEST_ZOOM {
             return Err(not_found("Tile zoom level out of range"));
         }
-        if self.faults.is_permanent(&t) {
-            self.count_fault("permanent");
-            return Err(ApiError::transient());
-        }
         // Overview and sequence layers below z14 are not simulated; such tiles answer as empty.
         if z < HARVEST_ZOOM {
             return Ok(self.empty_tile_response());
@@ -675,6 +671,13 @@ impl AppState {
         if !admission.allowed {
             self.stats().throttled += 1;
             return (ApiError::throttle(self.throttle_status).into_response(), None);
+        }
+        if let Route::Tile { z, x, y, .. } = &route
+            && let (Ok(z), Ok(x), Ok(y)) = (z.parse(), x.parse(), y.parse())
+            && TileId::new(z, x, y).is_ok_and(|t| self.faults.is_permanent(&t))
+        {
+            self.count_fault("permanent");
+            return (ApiError::transient().into_response(), Some("permanent"));
         }
         let fault = self.faults.draw(family, n);
         if let Some(fault) = fault {
