@@ -1,1 +1,281 @@
-//! Command-line interface.
+//! Command-line interface: argument parsing, command dispatch, and the mapping of every error to
+//! a one-line message and a documented exit code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::jobs::{self, JobsError};
+use crate::pipeline::{self, PipelineError, SyncOptions, plan};
+use crate::region::{Region, RegionError};
+use crate::simulator::{self, SimError, SimulateArgs};
+use crate::store::{Store, StoreError};
+use crate::tiles::HARVEST_ZOOM;
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// An unexpected internal error (a bug).
+    pub const INTERNAL: i32 = 1;
+    /// Bad command-line usage (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// Bad configuration file, key, type or environment value.
+    pub const CONFIG: i32 = 3;
+    /// Bad region: bbox, GeoJSON, unknown name, or too large without --yes.
+    pub const INPUT: i32 = 4;
+    /// Database unreachable, PostGIS missing, or a database error.
+    pub const DATABASE: i32 = 5;
+    /// The access token was refused (missing, malformed, expired, unknown).
+    pub const AUTH: i32 = 6;
+    /// The daily tile budget is spent; the next run carries on.
+    pub const QUOTA: i32 = 7;
+    /// The run finished but some tiles failed permanently; re-run to retry them.
+    pub const PARTIAL: i32 = 8;
+    /// The API failed in a way that stopped the run.
+    pub const API: i32 = 9;
+    /// Interrupted by SIGINT/SIGTERM; the run resumes where it stopped.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// mly-harvest keeps a PostGIS database in step with Mapillary's street-level imagery.
+#[derive(Debug, Parser)]
+#[command(name = "mly-harvest", version, about)]
+pub struct Cli {
+    /// Config file (default: ./mly-harvest.toml when present).
+    #[arg(long, global = true, env = "MLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Write log lines to this file instead of standard error.
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Harvest REGION into PostGIS (or resume the unfinished run for it).
+    Sync(SyncArgs),
+    /// Dry run: tiles and API requests a first harvest of REGION needs. Spends no quota.
+    Plan(PlanArgs),
+    /// Runs and their tile states.
+    Status(StatusArgs),
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Serve the offline Mapillary API v4 simulator.
+    Simulate(SimulateArgs),
+}
+
+/// `sync` options.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    pub region: String,
+    /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
+    #[arg(long)]
+    pub yes: bool,
+    /// Re-enrich records enriched longer ago than this (e.g. 30d), within the quota.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub refresh_older_than: Option<Duration>,
+    /// Stop after this many tiles (for trying things out); the run resumes later.
+    #[arg(long)]
+    pub max_tiles: Option<u64>,
+    /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
+    #[arg(long, hide = true)]
+    pub budget_day: Option<chrono::NaiveDate>,
+}
+
+/// `plan` options.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    pub region: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per z14 tile the estimate assumes.
+    #[arg(long, default_value_t = 2000)]
+    pub images_per_tile: u64,
+}
+
+/// `status` options.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// A run id (default: the latest runs).
+    pub run: Option<i64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Any error that ends the program; `exit_code` classifies it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Simulator(#[from] SimError),
+    #[error("while writing output: {0}")]
+    Output(#[from] serde_json::Error),
+}
+
+impl CliError {
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Config(_) => exit::CONFIG,
+            CliError::Region(_) | CliError::Input(_) => exit::INPUT,
+            CliError::Store(_) | CliError::Jobs(_) => exit::DATABASE,
+            CliError::Pipeline(e) => e.exit_code(),
+            CliError::Simulator(_) => exit::INPUT,
+            CliError::Output(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// Loads the config the way every command does: `--config`, then the process environment.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let cfg = Config::load(cli.config.as_deref(), &env)?;
+    crate::config::register_secret(cfg.mapillary.access_token.expose());
+    crate::config::register_secret(&password_of(cfg.database.url.expose()));
+    Ok(cfg)
+}
+
+fn password_of(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw.to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the parsed command; returns the exit code for a success that still needs one (e.g. partial).
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Simulate(ref args) => {
+            simulator::run(args.clone()).await?;
+            Ok(exit::OK)
+        }
+        Command::Plan(ref args) => {
+            let cfg = load_config(&cli)?;
+            let region = Region::resolve(&args.region, &cfg)?;
+            let est = plan::estimate(&region, &cfg, args.images_per_tile);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&est)?);
+            } else {
+                print!("{}", est.render());
+            }
+            Ok(exit::OK)
+        }
+        Command::Migrate => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            println!("schema {:?} is up to date", store.schema());
+            Ok(exit::OK)
+        }
+        Command::Status(ref args) => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            status(&store, args).await
+        }
+        Command::Sync(ref args) => {
+            let cfg = load_config(&cli)?;
+            let region = Region::resolve(&args.region, &cfg)?;
+            let tiles = region.tile_count(HARVEST_ZOOM);
+            if tiles == 0 {
+                return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
+            }
+            if tiles > cfg.harvest.max_tiles_without_confirm && !args.yes {
+                return Err(CliError::Input(format!(
+                    "region {:?} covers {tiles} z14 tiles (more than harvest.max_tiles_without_confirm = {}); pass --yes to harvest it",
+                    region.name, cfg.harvest.max_tiles_without_confirm
+                )));
+            }
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            let opts = SyncOptions {
+                refresh_older_than: args.refresh_older_than,
+                max_tiles: args.max_tiles,
+                budget_day: args.budget_day,
+            };
+            let summary = pipeline::sync(&cfg, &store, &region, opts).await?;
+            println!("{}", summary.render());
+            Ok(summary.exit_code())
+        }
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<Store, CliError> {
+    let url = cfg.database.url.expose();
+    if url.is_empty() {
+        return Err(ConfigError::Value {
+            key: "database.url".into(),
+            problem: "is not set (set DATABASE_URL or database.url)".into(),
+        }
+        .into());
+    }
+    Ok(Store::connect(url, &cfg.database.schema, cfg.database.max_connections).await?)
+}
+
+async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
+    let runs = jobs::runs(store, 20).await?;
+    let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
+    if args.run.is_some() && runs.is_empty() {
+        return Err(CliError::Input(format!("no run with id {}", args.run.unwrap_or_default())));
+    }
+    let mut out = Vec::new();
+    for r in &runs {
+        let tiles = jobs::run_tiles(store, jobs::RunId(r.id)).await?;
+        out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>() }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if runs.is_empty() {
+        println!("no runs yet");
+    } else {
+        for (r, o) in runs.iter().zip(&out) {
+            println!(
+                "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",
+                r.id,
+                r.region_name,
+                r.status,
+                r.started_at,
+                r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
+                r.tiles_done,
+                r.tiles_total,
+                r.tiles_failed,
+                r.tiles_pending,
+                r.tiles_leased
+            );
+            if let Some(tiles) = o["tiles"].as_array() {
+                for t in tiles {
+                    println!("    {:<30} {:<8} {}", t["tileset"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["count"]);
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! The `mly-harvest` binary: parses arguments, sets up logging and the runtime, and turns every
+//! error into one readable line and a documented exit code (see `cli::exit`).
+
+use std::io::{IsTerminal, Write};
+
+use clap::Parser;
+use mly_harvest::cli::{self, Cli, exit};
+use mly_harvest::config::scrub;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("mly-harvest: error: {e}");
+        return exit::CONFIG;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mly-harvest: error: cannot start the async runtime: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let code = match rt.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            eprintln!("mly-harvest: error: {}", scrub(&line));
+            e.exit_code()
+        }
+    };
+    // Do not wait for lingering blocking tasks (e.g. a stuck DNS lookup) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}
+
+/// A panic is a bug: report it on one line, with secrets scrubbed, and no backtrace dump.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "mly-harvest: internal error (a bug){at}: {}", scrub(&payload));
+    }));
+}
+
+/// Log lines go through this writer, which scrubs registered secrets.
+struct ScrubWriter<W: Write>(W);
+
+impl<W: Write> Write for ScrubWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "mly_harvest=info,warn",
+        (false, 1) => "mly_harvest=debug,info",
+        _ => "mly_harvest=trace,debug",
+    };
+    let filter = EnvFilter::try_from_env("MLY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match &cli.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            let file = std::sync::Arc::new(file);
+            builder
+                .with_ansi(false)
+                .with_writer(move || ScrubWriter(file.as_ref().try_clone().expect("cloning an open file handle")))
+                .init();
+        }
+        None => {
+            builder.with_ansi(std::io::stderr().is_terminal()).with_writer(|| ScrubWriter(std::io::stderr())).init();
+        }
+    }
+    Ok(())
+}

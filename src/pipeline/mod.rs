@@ -1,3 +1,660 @@
 //! The sync pipeline: plan → fetch → decode → enrich → store.
+//!
+//! A run's tiles live in `harvest_tile`; workers claim them with leases, and each tile is fetched
+//! (rate limited, within the daily tile budget), decoded on the blocking pool, diffed against the
+//! database, enriched only where new or changed, and written together with its done-state in one
+//! transaction. At most `limits.concurrency` tiles are in flight, so memory stays flat.
 
+pub mod enrich;
 pub mod plan;
+mod progress;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{ApiClient, ApiCounters, ApiError, ApiSettings, TileResponse};
+use crate::cli::exit;
+use crate::config::Config;
+use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
+use crate::model::{DecodedTile, ImageId, TileFeature, TileImage};
+use crate::mvt;
+use crate::region::{Region, fnv1a};
+use crate::store::{DetectionRow, FeatureRow, ImageRow, Known, Store, StoreError, TileWrite, WriteCounts};
+use crate::tiles::HARVEST_ZOOM;
+
+use enrich::Located;
+
+/// A tile is given up (state `failed`) after this many attempts.
+const MAX_TILE_ATTEMPTS: i32 = 3;
+/// A corrupt tile body is fetched again this many times before the attempt fails.
+const DECODE_RETRIES: u32 = 2;
+
+/// Options of one `sync` invocation.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Re-enrich records enriched before this age.
+    pub refresh_older_than: Option<Duration>,
+    /// Stop after this many tiles.
+    pub max_tiles: Option<u64>,
+    /// The UTC day the tile budget counts against (default today).
+    pub budget_day: Option<NaiveDate>,
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("Mapillary refused the access token ({0}); check MAPILLARY_ACCESS_TOKEN / mapillary.access_token")]
+    Auth(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PipelineError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Auth(_) => exit::AUTH,
+            PipelineError::Store(_) | PipelineError::Jobs(_) => exit::DATABASE,
+            PipelineError::Api(_) => exit::API,
+            PipelineError::Internal(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every tile done.
+    Done,
+    /// Some tiles failed for good; a re-run retries them.
+    Partial,
+    /// The daily tile budget ran out; the next run carries on.
+    QuotaExhausted,
+    /// Stopped by a signal or `--max-tiles`; the next run carries on.
+    Stopped,
+}
+
+/// Record counters of a run.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub tiles_done: AtomicU64,
+    pub tiles_failed: AtomicU64,
+    pub tiles_unchanged: AtomicU64,
+    pub images: AtomicU64,
+    pub features: AtomicU64,
+    pub new: AtomicU64,
+    pub changed: AtomicU64,
+    pub deleted: AtomicU64,
+    pub enriched: AtomicU64,
+    pub missing: AtomicU64,
+}
+
+/// The end-of-run summary.
+#[derive(Debug, serde::Serialize)]
+pub struct SyncSummary {
+    pub run_id: i64,
+    pub resumed: bool,
+    pub outcome: Outcome,
+    pub tiles_total: i64,
+    pub tiles_done: i64,
+    pub tiles_failed: i64,
+    pub tiles_pending: i64,
+    pub this_process: serde_json::Value,
+    pub requests: ApiCounters,
+    pub seconds: f64,
+}
+
+impl SyncSummary {
+    /// The exit code the run ends with.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            Outcome::Done => exit::OK,
+            Outcome::Partial => exit::PARTIAL,
+            Outcome::QuotaExhausted => exit::QUOTA,
+            Outcome::Stopped => exit::INTERRUPTED,
+        }
+    }
+
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let p = &self.this_process;
+        format!(
+            "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
+            self.run_id,
+            if self.resumed { "resumed" } else { "new" },
+            self.outcome,
+            self.tiles_done,
+            self.tiles_total,
+            self.tiles_failed,
+            self.tiles_pending,
+            p["tiles_done"],
+            p["tiles_unchanged"],
+            p["images"],
+            p["features"],
+            p["new"],
+            p["changed"],
+            p["deleted"],
+            p["enriched"],
+            p["missing"],
+            self.requests.tiles,
+            self.requests.not_modified,
+            self.requests.search,
+            self.requests.entity,
+            self.requests.retries,
+            self.requests.throttled,
+            self.seconds
+        )
+    }
+}
+
+impl progress::Source for Ctx {
+    fn line(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let r = self.api.counters();
+        format!(
+            "images {} features {} | new {} changed {} deleted {} | requests: tiles {} search {} entity {} | retries {} throttled {}",
+            g(&self.counters.images), g(&self.counters.features), g(&self.counters.new),
+            g(&self.counters.changed), g(&self.counters.deleted), r.tiles, r.search, r.entity, r.retries, r.throttled
+        )
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "tiles_done": g(&self.tiles_done), "tiles_failed": g(&self.tiles_failed),
+            "tiles_unchanged": g(&self.tiles_unchanged), "images": g(&self.images),
+            "features": g(&self.features), "new": g(&self.new), "changed": g(&self.changed),
+            "deleted": g(&self.deleted), "enriched": g(&self.enriched), "missing": g(&self.missing),
+        })
+    }
+}
+
+/// Shared state of the workers of one run.
+struct Ctx {
+    cfg: Config,
+    store: Store,
+    api: ApiClient,
+    run: RunId,
+    owner: String,
+    refresh_before: Option<chrono::DateTime<Utc>>,
+    counters: Counters,
+    /// Set when the run must stop claiming (signal, token refused, budget spent).
+    stop: AtomicBool,
+}
+
+/// What one tile's processing ended in.
+enum TileEnd {
+    Written,
+    /// Retryable failure; goes back to pending (or failed after MAX_TILE_ATTEMPTS).
+    Retry(String),
+    /// Permanent failure for this tile.
+    Fail(String),
+    /// The token was refused: stop everything.
+    Auth(String),
+    /// Another worker owns the tile now (our lease expired); nothing to do.
+    LeaseLost,
+}
+
+/// Harvests `region` (or resumes its unfinished run) and returns the summary.
+pub async fn sync(cfg: &Config, store: &Store, region: &Region, opts: SyncOptions) -> Result<SyncSummary, PipelineError> {
+    let started = Instant::now();
+    let run_span = info_span!("run", region = %region.name);
+    async move {
+        let tiles = region.tiles(HARVEST_ZOOM);
+        let planned: Vec<PlannedTile> = tiles
+            .iter()
+            .flat_map(|t| cfg.harvest.tilesets.iter().map(|ts| PlannedTile { tileset: *ts, tile: *t }))
+            .collect();
+        let settings = serde_json::json!({
+            "region": region.key,
+            "tilesets": cfg.harvest.tilesets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            "enrich": cfg.harvest.enrich,
+            "detections": cfg.harvest.detections,
+        });
+        let run_key = format!("{:016x}", fnv1a(settings.to_string().as_bytes()));
+        let (run, resumed) =
+            jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &settings, &planned).await?;
+        info!(run = %run, resumed, tiles = planned.len(), "run started");
+
+        let api = ApiClient::new(ApiSettings {
+            graph_url: cfg.mapillary.graph_url.clone(),
+            tiles_url: cfg.mapillary.tiles_url.clone(),
+            token: cfg.mapillary.access_token.clone(),
+            timeout: Duration::from_secs(cfg.mapillary.timeout_secs),
+            max_retries: cfg.mapillary.max_retries,
+            search_per_minute: cfg.limits.search_per_minute,
+            entity_per_minute: cfg.limits.entity_per_minute,
+        })
+        .map_err(PipelineError::Api)?;
+        if cfg.mapillary.access_token.is_empty() {
+            return Err(PipelineError::Auth("no access token is configured".into()));
+        }
+        let refresh_before = opts
+            .refresh_older_than
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| Utc::now() - d);
+        let ctx = Arc::new(Ctx {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            api,
+            run,
+            owner: jobs::owner_id(),
+            refresh_before,
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+        });
+        let outcome = drive(&ctx, &opts, planned.len() as u64).await;
+        jobs::release(store, run, &ctx.owner).await?;
+        let counters = serde_json::json!({ "requests": ctx.api.counters(), "process": ctx.counters.snapshot() });
+        let summary = jobs::finish(store, run, &counters).await?;
+        let auth = match outcome {
+            Ok(o) => o,
+            Err(e) => return Err(e),
+        };
+        let outcome = match auth {
+            DriveEnd::Quota => Outcome::QuotaExhausted,
+            DriveEnd::Stopped => Outcome::Stopped,
+            DriveEnd::Finished if summary.failed > 0 => Outcome::Partial,
+            DriveEnd::Finished if summary.pending > 0 => Outcome::Stopped,
+            DriveEnd::Finished => Outcome::Done,
+        };
+        let s = SyncSummary {
+            run_id: run.0,
+            resumed,
+            outcome,
+            tiles_total: summary.total,
+            tiles_done: summary.done,
+            tiles_failed: summary.failed,
+            tiles_pending: summary.pending,
+            this_process: ctx.counters.snapshot(),
+            requests: ctx.api.counters(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        info!(run = %run, outcome = ?s.outcome, tiles_done = s.tiles_done, tiles_failed = s.tiles_failed, "run finished");
+        Ok(s)
+    }
+    .instrument(run_span)
+    .await
+}
+
+/// Why the claim loop ended.
+enum DriveEnd {
+    Finished,
+    Quota,
+    Stopped,
+}
+
+
+/// The claim loop: keeps up to `concurrency` tiles in flight until none is left or the run stops.
+async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEnd, PipelineError> {
+    let concurrency = ctx.cfg.limits.concurrency as usize;
+    let lease = Duration::from_secs(ctx.cfg.harvest.lease_secs);
+    let day = opts.budget_day.unwrap_or_else(|| Utc::now().date_naive());
+    let progress = progress::Progress::start(total, Arc::clone(ctx) as Arc<dyn progress::Source>);
+    let renewer = {
+        let ctx = Arc::clone(ctx);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = jobs::renew(&ctx.store, ctx.run, &ctx.owner, lease).await {
+                    warn!(error = %e, "lease renewal failed");
+                }
+            }
+        })
+    };
+    let mut signals = Signals::new();
+    let mut in_flight: JoinSet<(Claimed, TileEnd)> = JoinSet::new();
+    let mut started_tiles = 0u64;
+    let mut end = DriveEnd::Finished;
+    let mut fatal: Option<PipelineError> = None;
+    loop {
+        let stopping = ctx.stop.load(Ordering::Relaxed) || fatal.is_some();
+        let room = concurrency.saturating_sub(in_flight.len());
+        let allowed = opts.max_tiles.map_or(u64::MAX, |m| m.saturating_sub(started_tiles));
+        if !stopping && room > 0 && allowed > 0 {
+            let want = (room as u64).min(allowed) as i64;
+            let claimed = jobs::claim(&ctx.store, ctx.run, &ctx.owner, want, lease).await?;
+            let granted = if claimed.is_empty() {
+                0
+            } else {
+                jobs::take_tile_budget(&ctx.store, day, ctx.cfg.limits.tiles_per_day, claimed.len() as u32).await?
+                    as usize
+            };
+            for (i, c) in claimed.into_iter().enumerate() {
+                if i >= granted {
+                    // Over budget: hand the tile back untouched for the next day's run.
+                    jobs::fail_tile(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent", true).await?;
+                    ctx.stop.store(true, Ordering::Relaxed);
+                    end = DriveEnd::Quota;
+                    continue;
+                }
+                started_tiles += 1;
+                let ctx2 = Arc::clone(ctx);
+                in_flight.spawn(async move {
+                    let span = info_span!("tile", tileset = %c.tileset, tile = %c.tile);
+                    let r = process_tile(&ctx2, &c).instrument(span).await;
+                    (c, r)
+                });
+            }
+            if opts.max_tiles.is_some_and(|m| started_tiles >= m) && matches!(end, DriveEnd::Finished) {
+                end = DriveEnd::Stopped;
+            }
+        }
+        if in_flight.is_empty() {
+            if stopping || room == 0 || allowed == 0 {
+                break;
+            }
+            // Nothing claimable now; tiles leased by another live process are theirs to finish.
+            break;
+        }
+        tokio::select! {
+            joined = in_flight.join_next() => {
+                let Some(joined) = joined else { continue };
+                let (c, r) = joined.map_err(|e| PipelineError::Internal(format!("a tile task failed: {e}")))?;
+                settle(ctx, &c, r, &mut fatal).await?;
+                progress.tick();
+            }
+            _ = signals.recv() => {
+                warn!("interrupted: stopping; unfinished tiles resume on the next run");
+                ctx.stop.store(true, Ordering::Relaxed);
+                end = DriveEnd::Stopped;
+                in_flight.abort_all();
+                while in_flight.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    renewer.abort();
+    progress.finish();
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(end),
+    }
+}
+
+/// Records a tile's end in the job table.
+async fn settle(ctx: &Ctx, c: &Claimed, r: TileEnd, fatal: &mut Option<PipelineError>) -> Result<(), PipelineError> {
+    match r {
+        TileEnd::Written | TileEnd::LeaseLost => {}
+        TileEnd::Retry(msg) => {
+            let retry = c.attempts < MAX_TILE_ATTEMPTS;
+            warn!(tileset = %c.tileset, tile = %c.tile, attempts = c.attempts, retry, error = %msg, "tile failed");
+            if !retry {
+                ctx.counters.tiles_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, &msg, retry).await?;
+        }
+        TileEnd::Fail(msg) => {
+            warn!(tileset = %c.tileset, tile = %c.tile, error = %msg, "tile failed permanently");
+            ctx.counters.tiles_failed.fetch_add(1, Ordering::Relaxed);
+            jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, &msg, false).await?;
+        }
+        TileEnd::Auth(msg) => {
+            ctx.stop.store(true, Ordering::Relaxed);
+            jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, "token refused", true).await?;
+            if fatal.is_none() {
+                *fatal = Some(PipelineError::Auth(msg));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn classify(e: ApiError) -> TileEnd {
+    if e.is_auth() {
+        return TileEnd::Auth(e.to_string());
+    }
+    match e {
+        ApiError::Permanent { .. } | ApiError::TooLarge { .. } => TileEnd::Fail(e.to_string()),
+        other => TileEnd::Retry(other.to_string()),
+    }
+}
+
+/// Fetch → decode → diff → enrich → store for one claimed tile.
+async fn process_tile(ctx: &Ctx, c: &Claimed) -> TileEnd {
+    match process_tile_inner(ctx, c).await {
+        Ok(end) => end,
+        Err(TileFailure::Api(e)) => classify(e),
+        Err(TileFailure::Store(StoreError::LeaseLost { .. })) => TileEnd::LeaseLost,
+        Err(TileFailure::Store(e)) => TileEnd::Retry(e.to_string()),
+        Err(TileFailure::Decode(msg)) => TileEnd::Retry(msg),
+    }
+}
+
+enum TileFailure {
+    Api(ApiError),
+    Store(StoreError),
+    Decode(String),
+}
+
+impl From<ApiError> for TileFailure {
+    fn from(e: ApiError) -> Self {
+        TileFailure::Api(e)
+    }
+}
+impl From<StoreError> for TileFailure {
+    fn from(e: StoreError) -> Self {
+        TileFailure::Store(e)
+    }
+}
+
+async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailure> {
+    let snapshot = ctx.store.tile_snapshot(c.tileset, c.tile).await?;
+    // A refresh needs the tile's current content, so it does not ask for "not modified".
+    let etag = if ctx.refresh_before.is_some() { None } else { snapshot.etag.as_deref() };
+    let mut attempt = 0;
+    let (decoded, new_etag) = loop {
+        let (decoded, new_etag) = match ctx.api.tile(c.tileset, c.tile, etag).await? {
+            TileResponse::NotModified => {
+                ctx.counters.tiles_unchanged.fetch_add(1, Ordering::Relaxed);
+                let w = empty_write(ctx, c, snapshot.etag.clone(), true);
+                ctx.store.write_tile(&w).await?;
+                ctx.counters.tiles_done.fetch_add(1, Ordering::Relaxed);
+                return Ok(TileEnd::Written);
+            }
+            TileResponse::Empty => (Ok(DecodedTile::default()), None),
+            TileResponse::Data { bytes, etag } => {
+                let (ts, tile) = (c.tileset, c.tile);
+                let d = tokio::task::spawn_blocking(move || mvt::decode_tile(ts, tile, &bytes))
+                    .await
+                    .map_err(|e| TileFailure::Decode(format!("decoder task failed: {e}")))?;
+                (d.map_err(|e| e.to_string()), etag)
+            }
+        };
+        match decoded {
+            Ok(d) => break (d, new_etag),
+            // A corrupt body is usually a transfer fault: fetch again before giving up.
+            Err(msg) if attempt < DECODE_RETRIES => {
+                attempt += 1;
+                warn!(error = %msg, attempt, "tile did not decode; fetching it again");
+            }
+            Err(msg) => return Err(TileFailure::Decode(msg)),
+        }
+    };
+    let mut w = empty_write(ctx, c, new_etag, false);
+    if c.tileset.is_coverage() {
+        let known = known_for(ctx, &snapshot.live, decoded.images.iter().map(|i| i.id.0), true).await?;
+        let rows: Vec<(TileImage, i64)> = decoded.images.into_iter().map(|i| { let h = image_hash(&i); (i, h) }).collect();
+        let needed = needs(ctx, &rows.iter().map(|(i, h)| (i.id.0, *h)).collect::<Vec<_>>(), &known);
+        let mut details = HashMap::new();
+        let mut new_ids = Vec::new();
+        if ctx.cfg.harvest.enrich && !needed.is_empty() {
+            let located: Vec<Located> = rows.iter().map(|(i, _)| Located { id: i.id.0, lon: i.lon, lat: i.lat }).collect();
+            let e = enrich::images(&ctx.api, c.tile, &located, &needed).await?;
+            ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
+            ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
+            details = e.details;
+            new_ids = needed.iter().copied().filter(|id| !known.contains_key(id)).collect::<Vec<_>>();
+        }
+        if ctx.cfg.harvest.detections && !new_ids.is_empty() {
+            w.detections = detections(ctx, &new_ids, &details).await?;
+        }
+        ctx.counters.images.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        w.images = rows
+            .into_iter()
+            .map(|(tile, tile_hash)| {
+                let details = details.remove(&tile.id.0);
+                ImageRow { tile, tile_hash, details }
+            })
+            .collect();
+        w.sequences = decoded.sequences;
+    } else {
+        let known = known_for(ctx, &snapshot.live, decoded.features.iter().map(|f| f.id.0), false).await?;
+        let rows: Vec<(TileFeature, i64)> = decoded.features.into_iter().map(|f| { let h = feature_hash(&f); (f, h) }).collect();
+        let needed = needs(ctx, &rows.iter().map(|(f, h)| (f.id.0, *h)).collect::<Vec<_>>(), &known);
+        let mut details = HashMap::new();
+        if ctx.cfg.harvest.enrich && !needed.is_empty() {
+            let located: Vec<Located> = rows.iter().map(|(f, _)| Located { id: f.id.0, lon: f.lon, lat: f.lat }).collect();
+            let e = enrich::features(&ctx.api, c.tile, &located, &needed).await?;
+            ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
+            ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
+            details = e.details;
+        }
+        ctx.counters.features.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        w.features = rows
+            .into_iter()
+            .map(|(tile, tile_hash)| {
+                let details = details.remove(&tile.id.0);
+                FeatureRow { tile, tile_hash, details }
+            })
+            .collect();
+    }
+    let counts: WriteCounts = ctx.store.write_tile(&w).await?;
+    ctx.counters.new.fetch_add(counts.new, Ordering::Relaxed);
+    ctx.counters.changed.fetch_add(counts.changed, Ordering::Relaxed);
+    ctx.counters.deleted.fetch_add(counts.deleted, Ordering::Relaxed);
+    ctx.counters.tiles_done.fetch_add(1, Ordering::Relaxed);
+    Ok(TileEnd::Written)
+}
+
+fn empty_write(ctx: &Ctx, c: &Claimed, etag: Option<String>, unchanged: bool) -> TileWrite {
+    TileWrite {
+        run_id: ctx.run.0,
+        tileset: c.tileset,
+        tile: c.tile,
+        lease_owner: ctx.owner.clone(),
+        etag,
+        unchanged,
+        images: Vec::new(),
+        sequences: Vec::new(),
+        features: Vec::new(),
+        detections: Vec::new(),
+    }
+}
+
+/// What the database knows of the tile's ids: the tile's own live rows, plus rows elsewhere
+/// (records that moved in from another tile, or deleted ones coming back).
+async fn known_for(
+    ctx: &Ctx,
+    live: &HashMap<i64, Known>,
+    ids: impl Iterator<Item = i64>,
+    images: bool,
+) -> Result<HashMap<i64, Known>, StoreError> {
+    let mut known: HashMap<i64, Known> = live.clone();
+    let others: Vec<i64> = ids.filter(|id| !live.contains_key(id)).collect();
+    if !others.is_empty() {
+        let more = if images { ctx.store.known_images(&others).await? } else { ctx.store.known_features(&others).await? };
+        known.extend(more);
+    }
+    Ok(known)
+}
+
+/// Ids that need Graph enrichment: new, changed in the tile, revived, never enriched, or stale.
+fn needs(ctx: &Ctx, rows: &[(i64, i64)], known: &HashMap<i64, Known>) -> HashSet<i64> {
+    rows.iter()
+        .filter(|(id, hash)| match known.get(id) {
+            None => true,
+            Some(k) => {
+                k.tile_hash != *hash
+                    || k.deleted
+                    || k.enriched_at.is_none()
+                    || ctx.refresh_before.is_some_and(|cut| k.enriched_at.is_some_and(|e| e < cut))
+            }
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Detections of new images, decoded to pixel space with the image's size.
+async fn detections(
+    ctx: &Ctx,
+    ids: &[i64],
+    details: &HashMap<i64, crate::model::ImageDetails>,
+) -> Result<Vec<DetectionRow>, ApiError> {
+    let ids: Vec<ImageId> = ids.iter().copied().map(ImageId).collect();
+    let by = ctx.api.detections_by_image(&ids).await?;
+    let mut out = Vec::new();
+    for det in by.found.into_iter().flatten() {
+        let size = details.get(&det.image_id.0).and_then(|d| Some((d.width?, d.height?)));
+        let pixel_geom_wkb = match (&det.geometry_b64, size) {
+            (Some(b64), Some((w, h))) if w > 0 && h > 0 => match mvt::decode_detection(b64) {
+                Ok(shape) => {
+                    let px = mvt::to_pixels(&shape, w as u32, h as u32);
+                    let mut buf = Vec::new();
+                    wkb::writer::write_multi_polygon(&mut buf, &px, &Default::default()).ok().map(|_| buf)
+                }
+                Err(e) => {
+                    warn!(detection = det.id, error = %e, "detection geometry did not decode; stored raw only");
+                    None
+                }
+            },
+            _ => None,
+        };
+        out.push(DetectionRow { det, pixel_geom_wkb });
+    }
+    Ok(out)
+}
+
+/// A fingerprint of everything the coverage tile says about an image.
+pub fn image_hash(i: &TileImage) -> i64 {
+    let s = format!(
+        "{:.7}|{:.7}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        i.lon, i.lat, i.captured_at_ms, i.compass_angle, i.sequence_id, i.is_pano, i.organization_id, i.creator_id
+    );
+    fnv1a(s.as_bytes()) as i64
+}
+
+/// A fingerprint of everything the feature tile says about a map feature.
+pub fn feature_hash(f: &TileFeature) -> i64 {
+    let s = format!("{:.7}|{:.7}|{:?}|{:?}|{:?}", f.lon, f.lat, f.value, f.first_seen_at_ms, f.last_seen_at_ms);
+    fnv1a(s.as_bytes()) as i64
+}
+
+/// SIGINT / SIGTERM as one stream.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals { term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok() }
+    }
+    async fn recv(&mut self) {
+        match &mut self.term {
+            Some(t) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
