@@ -812,7 +812,7 @@ fn edge_sequence(seed: u64, tile: TileId, edge: u8, epoch: u32) -> Option<(SeqAt
     let seq = seq_attrs(seed, tile, SEQ_EDGE, u64::from(edge), false, 0);
     let h = hash(seed, &[P_EDGE, u64::from(tile.x), u64::from(tile.y), u64::from(edge)]);
     let inset = 8.0 + 15.0 * unit(h);
-    let along_len = if edge % 2 == 0 { frame.w } else { frame.h };
+    let along_len = if edge.is_multiple_of(2) { frame.w } else { frame.h };
     let start = along_len * (0.1 + 0.6 * unit(mix(h)));
     let step = 5.0;
     let mut out = Vec::new();
@@ -1037,7 +1037,7 @@ fn map_features(
         // Ahead of the first sighting and off to one side of the street.
         let b = sp.bearing.to_radians();
         let ahead = 5.0 + 10.0 * unit(mix(h ^ 4));
-        let side = if mix(h ^ 5) % 2 == 0 { 1.0 } else { -1.0 } * (4.0 + 5.0 * unit(mix(h ^ 6)));
+        let side = if mix(h ^ 5).is_multiple_of(2) { 1.0 } else { -1.0 } * (4.0 + 5.0 * unit(mix(h ^ 6)));
         let (x, y) =
             frame.clamp(sp.x + ahead * b.sin() + side * b.cos(), sp.y + ahead * b.cos() - side * b.sin());
         if epoch >= gone_epoch(seed, P_FEAT, id, 0.005) {
