@@ -196,8 +196,9 @@ fn coverage_layers(tw: &TileWorld, computed: bool) -> Vec<Layer> {
     let mut next_id = 0u64;
     let mut seq_layer = LayerBuilder::new("sequence");
     for seq in &tw.sequences {
-        let Some(imgs) = by_seq.get_mut(seq.id.as_str()) else { continue };
-        imgs.sort_by_key(|i| seq.image_ids.iter().position(|x| *x == i.id).unwrap_or(usize::MAX));
+        let Some(imgs) = by_seq.get(seq.id.as_str()) else { continue };
+        // World image ids grow along each sequence's capture order, and `tw.images` is sorted by id,
+        // so `imgs` is already in capture order.
         let pts: Vec<(i64, i64)> = imgs
             .iter()
             .map(|i| {
@@ -335,7 +336,9 @@ mod tests {
     }
 
     /// Per layer (in order): name, version, extent, and key -> set of value kinds.
-    fn schema(bytes: &[u8]) -> Vec<(String, u32, Option<u32>, BTreeMap<String, BTreeSet<&'static str>>)> {
+    type Schema = Vec<(String, u32, Option<u32>, BTreeMap<String, BTreeSet<&'static str>>)>;
+
+    fn schema(bytes: &[u8]) -> Schema {
         let tile = Tile::decode(bytes).expect("decodes");
         tile.layers
             .iter()
@@ -440,9 +443,7 @@ mod tests {
         let real_bytes = base64::engine::general_purpose::STANDARD.decode(real_b64).expect("base64");
         assert_eq!(real_bytes[2..14], bytes[2..14]);
         use geozero::ToGeo;
-        let Ok(geo_types::Geometry::Polygon(p)) = l.features[0].to_geo() else {
-            panic!("not a polygon")
-        };
+        let Ok(geo_types::Geometry::Polygon(p)) = l.features[0].to_geo() else { panic!("not a polygon") };
         assert_eq!(p.exterior().0.len(), 5);
     }
 }
