@@ -80,6 +80,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    #[arg(allow_hyphen_values = true)]
     pub region: String,
     /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
     #[arg(long)]
@@ -99,6 +100,7 @@ pub struct SyncArgs {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    #[arg(allow_hyphen_values = true)]
     pub region: String,
     /// Machine-readable output.
     #[arg(long)]
