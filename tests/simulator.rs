@@ -529,3 +529,72 @@ fn faults_are_injected() {
     assert!(!text.contains("4000000000000001"));
     assert!(text.contains(" reset tiles "));
 }
+
+#[test]
+fn map_features_sequences_and_detections() {
+    let sim = Sim::start(&[]);
+    let b = TileId::new(14, CORE.0, CORE.1).unwrap().bounds();
+    let (s, v) = json(
+        &sim,
+        &format!(
+            "/map_features?bbox={}&fields=id,object_value,object_type,first_seen_at,geometry",
+            bbox_q(&b)
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    let feats = v["data"].as_array().unwrap();
+    assert!(!feats.is_empty());
+    let f0 = &feats[0];
+    assert!(f0["first_seen_at"].as_str().unwrap().ends_with("+0000"));
+    assert!(["point", "trafficsign"].contains(&f0["object_type"].as_str().unwrap()));
+    // object_values with a wildcard filters by prefix.
+    let value = f0["object_value"].as_str().unwrap();
+    let prefix = value.split("--").next().unwrap();
+    let (_, v) = json(
+        &sim,
+        &format!("/map_features?bbox={}&object_values={prefix}--*&fields=object_value", bbox_q(&b)),
+    );
+    assert!(
+        v["data"].as_array().unwrap().iter().all(|f| f["object_value"].as_str().unwrap().starts_with(prefix))
+    );
+    // A feature's images edge and its detections, shaped like the JOSM captures.
+    let id = f0["id"].as_str().unwrap();
+    let (s, v) = json(
+        &sim,
+        &format!("/{id}?fields=first_seen_at,last_seen_at,object_value,object_type,geometry,images,id"),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(shape(&v), shape(&fixture_json("josm-map_feature-496980935069177.json")));
+    let (s, v) = json(&sim, &format!("/{id}/detections?fields=created_at,geometry,image,value,id"));
+    assert_eq!(s, 200);
+    assert!(v["data"].is_array());
+    // A sequence's image ids, in capture order.
+    let (_, imgs) = populated_tile(&sim);
+    let (_, img) = json(&sim, &format!("/{}?fields=sequence", imgs[0].0));
+    let seq = img["sequence"].as_str().unwrap();
+    let (s, v) = json(&sim, &format!("/image_ids?sequence_id={seq}"));
+    assert_eq!(s, 200);
+    let ids: Vec<String> =
+        v["data"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert!(ids.contains(&imgs[0].0.to_string()));
+    let (_, v) = json(&sim, &format!("/images?sequence_id={seq}&fields=captured_at"));
+    let times: Vec<i64> =
+        v["data"].as_array().unwrap().iter().map(|d| d["captured_at"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "capture order");
+}
+
+#[test]
+fn stops_cleanly_on_sigterm() {
+    let mut sim = Sim::start(&[]);
+    let pid = sim.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = sim.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
