@@ -23,8 +23,8 @@ pub enum StoreError {
     BadUrl { reason: String },
     #[error("invalid database schema name {0:?}: use lowercase letters, digits and _")]
     BadSchema(String),
-    #[error("cannot connect to PostgreSQL at {endpoint}: {source}")]
-    Unreachable { endpoint: String, source: sqlx::Error },
+    #[error("cannot connect to PostgreSQL at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
     #[error(
         "PostGIS is not available in this database ({detail}): install it on the database host with \
          `apt-get install postgresql-{major}-postgis-3`, or have a superuser run `CREATE EXTENSION postgis` \
@@ -135,6 +135,9 @@ pub struct WriteCounts {
     pub total: u64,
 }
 
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// "host:port" of a connect-options, for messages that must not show the password.
 fn endpoint(opts: &PgConnectOptions) -> String {
     format!("{}:{}", opts.get_host(), opts.get_port())
@@ -155,12 +158,26 @@ impl Store {
             // Big tile writes legitimately take over a second; sqlx would WARN on each of them.
             .disable_statement_logging();
         let endpoint = endpoint(&opts);
+        // One direct connection first: the pool would retry a refused connection until its
+        // acquire timeout, where a CLI user wants the reason at once.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect()).await;
+        match probe {
+            Ok(Ok(conn)) => {
+                // Best effort: the probe has done its job, and a failed close changes nothing.
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => return Err(StoreError::Unreachable { endpoint, reason: e.to_string() }),
+            Err(_) => {
+                return Err(StoreError::Unreachable {
+                    endpoint,
+                    reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
-            .await
-            .map_err(|source| StoreError::Unreachable { endpoint: endpoint.clone(), source })?;
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_lazy_with(opts);
         tracing::debug!(%endpoint, schema, "connected to PostgreSQL");
         Ok(Store { pool, schema: schema.to_string() })
     }
