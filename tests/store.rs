@@ -9,7 +9,7 @@ use geozero::{CoordDimensions, ToWkb};
 use mly_harvest::jobs::{self, PlannedTile, RunId};
 use mly_harvest::model::{
     Detection, FeatureKind, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage,
-    Tileset,
+    TileSequence, Tileset,
 };
 use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite};
 use mly_harvest::tiles::TileId;
@@ -622,4 +622,69 @@ async fn write_throughput_30k_image_tile() {
         30_000.0 / second
     );
     assert_eq!(psql(&url, "SELECT count(*), sum(image_count) FROM mapillary.sequences"), "300|30000");
+}
+
+/// Two workers writing neighbouring tiles whose images share sequences at the same time: both
+/// commit (a deadlock between them is retried), and the shared sequences come out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_shared_sequences() {
+    let (store, url) = migrated("shared").await;
+    let tiles: Vec<PlannedTile> =
+        [T1, T2].iter().map(|&tile| PlannedTile { tileset: Tileset::Public, tile }).collect();
+    for round in 0..3 {
+        let (run, _) = jobs::start_or_resume(
+            &store,
+            "r",
+            &region_wkb(),
+            &format!("shared{round}"),
+            &serde_json::json!({}),
+            &tiles,
+        )
+        .await
+        .unwrap();
+        let mut handles = vec![];
+        for i in 0..2 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let owner = format!("{}-{i}", jobs::owner_id());
+                let c = jobs::claim(&store, run, &owner, 1, Duration::from_secs(60)).await.unwrap();
+                assert_eq!(c.len(), 1);
+                let mut w = tile_write(run, &owner, Tileset::Public, c[0].tile);
+                let base = if c[0].tile == T1 { 8.40 } else { 8.42 };
+                // 40 sequences, each with 50 images in each tile.
+                w.images = (0..2000i64)
+                    .map(|k| {
+                        let (s, n) = (k / 50, k % 50);
+                        let id = if c[0].tile == T1 { k } else { 100_000 + k };
+                        img(id, base + n as f64 * 0.00001, 47.40 + s as f64 * 0.0001, &format!("s{s}"), id)
+                    })
+                    .collect();
+                w.sequences = (0..40)
+                    .map(|s| TileSequence {
+                        id: format!("s{s}"),
+                        image_id: None,
+                        captured_at_ms: None,
+                        is_pano: Some(true),
+                        organization_id: Some(7),
+                        creator_id: Some(42),
+                        geom: geo_types::MultiLineString::new(vec![]),
+                    })
+                    .collect();
+                store.write_tile(&w).await.unwrap()
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    }
+    assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images WHERE deleted_at IS NULL"), "4000");
+    // Each sequence: 100 images, two 50-image runs ~1.5 km apart → two parts; attributes from the tile.
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM mapillary.sequences WHERE image_count = 100 AND ST_NumGeometries(geom) = 2 \
+             AND is_pano AND organization_id = 7"
+        ),
+        "40"
+    );
 }
