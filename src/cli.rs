@@ -274,7 +274,12 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
             );
             if let Some(tiles) = o["tiles"].as_array() {
                 for t in tiles {
-                    println!("    {:<30} {:<8} {}", t["tileset"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["count"]);
+                    println!(
+                        "    {:<30} {:<8} {}",
+                        t["tileset"].as_str().unwrap_or(""),
+                        t["state"].as_str().unwrap_or(""),
+                        t["count"]
+                    );
                 }
             }
         }

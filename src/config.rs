@@ -17,9 +17,13 @@ pub enum ConfigError {
     Missing(PathBuf),
     #[error("config: {0}")]
     Invalid(String),
-    #[error("config key database.schema: {0:?} is not a plain identifier (letters, digits, _; not starting with a digit; at most 63 bytes)")]
+    #[error(
+        "config key database.schema: {0:?} is not a plain identifier (letters, digits, _; not starting with a digit; at most 63 bytes)"
+    )]
     Schema(String),
-    #[error("config key harvest.tilesets: unknown tileset {0:?} (known: mly1_public, mly1_computed_public, mly_map_feature_point, mly_map_feature_traffic_sign)")]
+    #[error(
+        "config key harvest.tilesets: unknown tileset {0:?} (known: mly1_public, mly1_computed_public, mly_map_feature_point, mly_map_feature_traffic_sign)"
+    )]
     Tileset(String),
     #[error("config key {key}: {problem}")]
     Value { key: String, problem: String },
@@ -167,7 +171,9 @@ fn de_tilesets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Tileset>, D::Error
     let names = Vec::<String>::deserialize(d)?;
     names
         .iter()
-        .map(|n| Tileset::from_name(n).ok_or_else(|| serde::de::Error::custom(ConfigError::Tileset(n.clone()))))
+        .map(|n| {
+            Tileset::from_name(n).ok_or_else(|| serde::de::Error::custom(ConfigError::Tileset(n.clone())))
+        })
         .collect()
 }
 
@@ -241,13 +247,22 @@ impl Config {
                 return Err(ConfigError::Value { key: key.into(), problem: "must be greater than 0".into() });
             }
         }
-        for (key, url) in [("mapillary.graph_url", &self.mapillary.graph_url), ("mapillary.tiles_url", &self.mapillary.tiles_url)] {
+        for (key, url) in [
+            ("mapillary.graph_url", &self.mapillary.graph_url),
+            ("mapillary.tiles_url", &self.mapillary.tiles_url),
+        ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Value { key: key.into(), problem: format!("{url:?} is not an http(s) URL") });
+                return Err(ConfigError::Value {
+                    key: key.into(),
+                    problem: format!("{url:?} is not an http(s) URL"),
+                });
             }
         }
         if self.harvest.tilesets.is_empty() {
-            return Err(ConfigError::Value { key: "harvest.tilesets".into(), problem: "must name at least one tileset".into() });
+            return Err(ConfigError::Value {
+                key: "harvest.tilesets".into(),
+                problem: "must name at least one tileset".into(),
+            });
         }
         for (name, r) in &self.regions {
             if r.bbox.is_some() == r.geojson.is_some() {
@@ -272,6 +287,35 @@ pub fn validate_identifier(s: &str) -> Result<(), ConfigError> {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63;
     if ok { Ok(()) } else { Err(ConfigError::Schema(s.to_string())) }
+}
+
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Remembers a secret so that `scrub` removes it from any text (logs, errors, panics).
+pub fn register_secret(s: &str) {
+    // Very short strings would scrub ordinary text; real tokens and passwords are long.
+    if s.len() < 6 {
+        return;
+    }
+    if let Ok(mut v) = SECRETS.write()
+        && !v.iter().any(|x| x == s)
+    {
+        v.push(s.to_string());
+    }
+}
+
+/// Replaces every registered secret (raw or percent-encoded) in `text` with `REDACTED`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(secrets) = SECRETS.read() else { return text.into() };
+    let mut out: std::borrow::Cow<'_, str> = text.into();
+    for s in secrets.iter() {
+        for form in [s.clone(), s.replace('|', "%7C"), s.replace('|', "%7c")] {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), "REDACTED").into();
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -345,33 +389,4 @@ mod tests {
             assert!(validate_identifier(bad).is_err(), "{bad}");
         }
     }
-}
-
-static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
-
-/// Remembers a secret so that `scrub` removes it from any text (logs, errors, panics).
-pub fn register_secret(s: &str) {
-    // Very short strings would scrub ordinary text; real tokens and passwords are long.
-    if s.len() < 6 {
-        return;
-    }
-    if let Ok(mut v) = SECRETS.write()
-        && !v.iter().any(|x| x == s)
-    {
-        v.push(s.to_string());
-    }
-}
-
-/// Replaces every registered secret (raw or percent-encoded) in `text` with `REDACTED`.
-pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
-    let Ok(secrets) = SECRETS.read() else { return text.into() };
-    let mut out: std::borrow::Cow<'_, str> = text.into();
-    for s in secrets.iter() {
-        for form in [s.clone(), s.replace('|', "%7C"), s.replace('|', "%7c")] {
-            if out.contains(form.as_str()) {
-                out = out.replace(form.as_str(), "REDACTED").into();
-            }
-        }
-    }
-    out
 }

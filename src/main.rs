@@ -93,11 +93,16 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
             let file = std::sync::Arc::new(file);
             builder
                 .with_ansi(false)
-                .with_writer(move || ScrubWriter(file.as_ref().try_clone().expect("cloning an open file handle")))
+                .with_writer(move || {
+                    ScrubWriter(file.as_ref().try_clone().expect("cloning an open file handle"))
+                })
                 .init();
         }
         None => {
-            builder.with_ansi(std::io::stderr().is_terminal()).with_writer(|| ScrubWriter(std::io::stderr())).init();
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(|| ScrubWriter(std::io::stderr()))
+                .init();
         }
     }
     Ok(())

@@ -127,7 +127,10 @@ pub fn parse_geojson(text: &str) -> Result<MultiPolygon<f64>, String> {
     if polys.is_empty() {
         return Err("contains no Polygon or MultiPolygon".into());
     }
-    let vertices: usize = polys.iter().map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>()).sum();
+    let vertices: usize = polys
+        .iter()
+        .map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>())
+        .sum();
     if vertices > MAX_VERTICES {
         return Err(format!(
             "has {vertices} vertices; at most {MAX_VERTICES} are accepted (simplify it, e.g. ogr2ogr -simplify 0.0001)"
@@ -143,7 +146,10 @@ fn collect(v: &Value, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), S
     let ty = v.get("type").and_then(Value::as_str).ok_or("has an object without a \"type\"")?;
     match ty {
         "FeatureCollection" => {
-            let feats = v.get("features").and_then(Value::as_array).ok_or("FeatureCollection has no \"features\" array")?;
+            let feats = v
+                .get("features")
+                .and_then(Value::as_array)
+                .ok_or("FeatureCollection has no \"features\" array")?;
             for f in feats {
                 collect(f, out, depth + 1)?;
             }
@@ -154,7 +160,10 @@ fn collect(v: &Value, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), S
             _ => Err("has a Feature without geometry".into()),
         },
         "GeometryCollection" => {
-            let geoms = v.get("geometries").and_then(Value::as_array).ok_or("GeometryCollection has no \"geometries\"")?;
+            let geoms = v
+                .get("geometries")
+                .and_then(Value::as_array)
+                .ok_or("GeometryCollection has no \"geometries\"")?;
             for g in geoms {
                 collect(g, out, depth + 1)?;
             }
@@ -224,9 +233,11 @@ mod tests {
         assert!(parse_geojson("{").unwrap_err().contains("not valid JSON"));
         assert!(parse_geojson(r#"{"type":"Point","coordinates":[1,2]}"#).unwrap_err().contains("Point"));
         assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[3,4]]]}"#).is_err());
-        assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[300,4],[1,5],[1,2]]]}"#)
-            .unwrap_err()
-            .contains("outside"));
+        assert!(
+            parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[300,4],[1,5],[1,2]]]}"#)
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[["a",2],[3,4],[1,5],[1,2]]]}"#).is_err());
     }
 

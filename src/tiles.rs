@@ -373,10 +373,7 @@ mod tests {
     #[test]
     fn cover_polygon_is_smaller_than_its_bbox() {
         // A thin diagonal triangle covers far fewer tiles than its bounding box.
-        let tri = Polygon::new(
-            vec![(12.9, 55.5), (13.1, 55.65), (12.9, 55.52), (12.9, 55.5)].into(),
-            vec![],
-        );
+        let tri = Polygon::new(vec![(12.9, 55.5), (13.1, 55.65), (12.9, 55.52), (12.9, 55.5)].into(), vec![]);
         let shape = MultiPolygon(vec![tri]);
         let bbox: Bbox = "12.9,55.5,13.1,55.65".parse().unwrap();
         let n_poly = cover(&shape, 14).len();

@@ -551,7 +551,11 @@ async fn against_the_simulator() {
     assert_eq!(status, 200);
     let stats: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(stats["throttled"], 0, "{stats}");
-    eprintln!("simulator: {} images in the tile; client {:?}; sim {stats}", decoded.images.len(), c.counters());
+    eprintln!(
+        "simulator: {} images in the tile; client {:?}; sim {stats}",
+        decoded.images.len(),
+        c.counters()
+    );
     assert_eq!(c.counters().throttled, 0);
     let _ = stop.send(());
     server.await.unwrap().unwrap();

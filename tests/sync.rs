@@ -42,7 +42,13 @@ fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
 
 fn ok(o: &Output) -> String {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "sync failed ({:?}): {}\n{}", o.status.code(), out, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sync failed ({:?}): {}\n{}",
+        o.status.code(),
+        out,
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 
@@ -148,7 +154,8 @@ fn sync_holds_exactly_the_simulated_world() {
     );
 
     // Enriched fields equal the simulator's Graph answers, for a sample of images.
-    let sample: Vec<i64> = truth.images.iter().copied().step_by((truth.images.len() / 100).max(1)).take(100).collect();
+    let sample: Vec<i64> =
+        truth.images.iter().copied().step_by((truth.images.len() / 100).max(1)).take(100).collect();
     for chunk in sample.chunks(50) {
         let list: Vec<String> = chunk.iter().map(|i| i.to_string()).collect();
         let (status, body) = http_get(
@@ -197,23 +204,29 @@ fn sync_holds_exactly_the_simulated_world() {
 
     // The dense tile forced bbox searches down to z18 cells (width 360/2^18 degrees).
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(!log.contains(SIM_TOKEN) && !log.contains("0123456789abcdef0123456789abcdef"), "token in access log");
+    assert!(
+        !log.contains(SIM_TOKEN) && !log.contains("0123456789abcdef0123456789abcdef"),
+        "token in access log"
+    );
     let z18_width = 360.0 / f64::from(1u32 << 18);
     let searched_z18 = log.lines().filter(|l| l.contains("/images?")).any(|l| {
         let l = l.replace("%2C", ",").replace("%2c", ",");
         let Some(b) = l.split("bbox=").nth(1) else { return false };
-        let b: Vec<f64> = b.split(['&', ' ']).next().unwrap_or("").split(',').filter_map(|x| x.parse().ok()).collect();
+        let b: Vec<f64> =
+            b.split(['&', ' ']).next().unwrap_or("").split(',').filter_map(|x| x.parse().ok()).collect();
         b.len() == 4 && ((b[2] - b[0]) - z18_width).abs() < 1e-9
     });
     assert!(searched_z18, "no z18 bbox search in the access log");
 
     // Economy: a few Graph calls per thousand images, never one per image.
-    let graph = (after["requests"]["search"].as_u64().unwrap() - before["requests"]["search"].as_u64().unwrap())
+    let graph = (after["requests"]["search"].as_u64().unwrap()
+        - before["requests"]["search"].as_u64().unwrap())
         + (after["requests"]["entity"].as_u64().unwrap() - before["requests"]["entity"].as_u64().unwrap());
     let per_thousand = graph as f64 * 1000.0 / truth.images.len() as f64;
     eprintln!("graph calls: {graph} for {} images = {per_thousand:.2} per 1000", truth.images.len());
     assert!(per_thousand < 5.0, "{per_thousand} Graph calls per 1000 images");
-    let tile_requests = after["requests"]["tiles"].as_u64().unwrap() - before["requests"]["tiles"].as_u64().unwrap();
+    let tile_requests =
+        after["requests"]["tiles"].as_u64().unwrap() - before["requests"]["tiles"].as_u64().unwrap();
     assert_eq!(tile_requests, 3 * truth.tiles.len() as u64, "one request per tile and tileset");
 
     // A second sync of the unchanged world costs one tile request per tile and no Graph call.
@@ -278,7 +291,13 @@ fn sigkill_at_several_points_then_resume_gives_the_same_tables() {
     assert!(kills >= 3, "only {kills} kills landed mid-run");
     assert!(out.contains("Done"), "{out}");
     assert_eq!(checksum(&db), expected, "tables differ from an uninterrupted run");
-    assert_eq!(psql(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state <> 'done' AND run_id = (SELECT max(id) FROM mapillary.harvest_run)"), "0");
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT count(*) FROM mapillary.harvest_tile WHERE state <> 'done' AND run_id = (SELECT max(id) FROM mapillary.harvest_run)"
+        ),
+        "0"
+    );
     // No duplicates possible (primary keys), and no lost rows: the same counts as the clean run.
     for t in ["images", "sequences", "map_features", "map_feature_images"] {
         let q = format!("SELECT count(*) FROM mapillary.{t}");

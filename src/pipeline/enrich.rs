@@ -127,8 +127,10 @@ pub async fn images(
         }
         cells = next;
     }
-    let rest: Vec<ImageId> =
-        sorted(needed.iter().copied().filter(|id| !details.contains_key(id))).into_iter().map(ImageId).collect();
+    let rest: Vec<ImageId> = sorted(needed.iter().copied().filter(|id| !details.contains_key(id)))
+        .into_iter()
+        .map(ImageId)
+        .collect();
     let mut missing = Vec::new();
     if !rest.is_empty() {
         let by = api.images_by_id(&rest).await?;

@@ -49,7 +49,9 @@ pub struct SyncOptions {
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("Mapillary refused the access token ({0}); check MAPILLARY_ACCESS_TOKEN / mapillary.access_token")]
+    #[error(
+        "Mapillary refused the access token ({0}); check MAPILLARY_ACCESS_TOKEN / mapillary.access_token"
+    )]
     Auth(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -166,8 +168,16 @@ impl progress::Source for Ctx {
         let r = self.api.counters();
         format!(
             "images {} features {} | new {} changed {} deleted {} | requests: tiles {} search {} entity {} | retries {} throttled {}",
-            g(&self.counters.images), g(&self.counters.features), g(&self.counters.new),
-            g(&self.counters.changed), g(&self.counters.deleted), r.tiles, r.search, r.entity, r.retries, r.throttled
+            g(&self.counters.images),
+            g(&self.counters.features),
+            g(&self.counters.new),
+            g(&self.counters.changed),
+            g(&self.counters.deleted),
+            r.tiles,
+            r.search,
+            r.entity,
+            r.retries,
+            r.throttled
         )
     }
 }
@@ -211,7 +221,12 @@ enum TileEnd {
 }
 
 /// Harvests `region` (or resumes its unfinished run) and returns the summary.
-pub async fn sync(cfg: &Config, store: &Store, region: &Region, opts: SyncOptions) -> Result<SyncSummary, PipelineError> {
+pub async fn sync(
+    cfg: &Config,
+    store: &Store,
+    region: &Region,
+    opts: SyncOptions,
+) -> Result<SyncSummary, PipelineError> {
     let started = Instant::now();
     let run_span = info_span!("run", region = %region.name);
     async move {
@@ -299,7 +314,6 @@ enum DriveEnd {
     Stopped,
 }
 
-
 /// The claim loop: keeps up to `concurrency` tiles in flight until none is left or the run stops.
 async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEnd, PipelineError> {
     let concurrency = ctx.cfg.limits.concurrency as usize;
@@ -332,13 +346,14 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
             let granted = if claimed.is_empty() {
                 0
             } else {
-                jobs::take_tile_budget(&ctx.store, day, ctx.cfg.limits.tiles_per_day, claimed.len() as u32).await?
-                    as usize
+                jobs::take_tile_budget(&ctx.store, day, ctx.cfg.limits.tiles_per_day, claimed.len() as u32)
+                    .await? as usize
             };
             for (i, c) in claimed.into_iter().enumerate() {
                 if i >= granted {
                     // Over budget: hand the tile back untouched for the next day's run.
-                    jobs::fail_tile(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent", true).await?;
+                    jobs::fail_tile(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent", true)
+                        .await?;
                     ctx.stop.store(true, Ordering::Relaxed);
                     end = DriveEnd::Quota;
                     continue;
@@ -388,7 +403,12 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
 }
 
 /// Records a tile's end in the job table.
-async fn settle(ctx: &Ctx, c: &Claimed, r: TileEnd, fatal: &mut Option<PipelineError>) -> Result<(), PipelineError> {
+async fn settle(
+    ctx: &Ctx,
+    c: &Claimed,
+    r: TileEnd,
+    fatal: &mut Option<PipelineError>,
+) -> Result<(), PipelineError> {
     match r {
         TileEnd::Written | TileEnd::LeaseLost => {}
         TileEnd::Retry(msg) => {
@@ -489,12 +509,20 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     let mut w = empty_write(ctx, c, new_etag, false);
     if c.tileset.is_coverage() {
         let known = known_for(ctx, &snapshot.live, decoded.images.iter().map(|i| i.id.0), true).await?;
-        let rows: Vec<(TileImage, i64)> = decoded.images.into_iter().map(|i| { let h = image_hash(&i); (i, h) }).collect();
+        let rows: Vec<(TileImage, i64)> = decoded
+            .images
+            .into_iter()
+            .map(|i| {
+                let h = image_hash(&i);
+                (i, h)
+            })
+            .collect();
         let needed = needs(ctx, &rows.iter().map(|(i, h)| (i.id.0, *h)).collect::<Vec<_>>(), &known);
         let mut details = HashMap::new();
         let mut new_ids = Vec::new();
         if ctx.cfg.harvest.enrich && !needed.is_empty() {
-            let located: Vec<Located> = rows.iter().map(|(i, _)| Located { id: i.id.0, lon: i.lon, lat: i.lat }).collect();
+            let located: Vec<Located> =
+                rows.iter().map(|(i, _)| Located { id: i.id.0, lon: i.lon, lat: i.lat }).collect();
             let e = enrich::images(&ctx.api, c.tile, &located, &needed).await?;
             ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
             ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
@@ -515,11 +543,19 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         w.sequences = decoded.sequences;
     } else {
         let known = known_for(ctx, &snapshot.live, decoded.features.iter().map(|f| f.id.0), false).await?;
-        let rows: Vec<(TileFeature, i64)> = decoded.features.into_iter().map(|f| { let h = feature_hash(&f); (f, h) }).collect();
+        let rows: Vec<(TileFeature, i64)> = decoded
+            .features
+            .into_iter()
+            .map(|f| {
+                let h = feature_hash(&f);
+                (f, h)
+            })
+            .collect();
         let needed = needs(ctx, &rows.iter().map(|(f, h)| (f.id.0, *h)).collect::<Vec<_>>(), &known);
         let mut details = HashMap::new();
         if ctx.cfg.harvest.enrich && !needed.is_empty() {
-            let located: Vec<Located> = rows.iter().map(|(f, _)| Located { id: f.id.0, lon: f.lon, lat: f.lat }).collect();
+            let located: Vec<Located> =
+                rows.iter().map(|(f, _)| Located { id: f.id.0, lon: f.lon, lat: f.lat }).collect();
             let e = enrich::features(&ctx.api, c.tile, &located, &needed).await?;
             ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
             ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
@@ -568,7 +604,11 @@ async fn known_for(
     let mut known: HashMap<i64, Known> = live.clone();
     let others: Vec<i64> = ids.filter(|id| !live.contains_key(id)).collect();
     if !others.is_empty() {
-        let more = if images { ctx.store.known_images(&others).await? } else { ctx.store.known_features(&others).await? };
+        let more = if images {
+            ctx.store.known_images(&others).await?
+        } else {
+            ctx.store.known_features(&others).await?
+        };
         known.extend(more);
     }
     Ok(known)
@@ -624,14 +664,22 @@ async fn detections(
 pub fn image_hash(i: &TileImage) -> i64 {
     let s = format!(
         "{:.7}|{:.7}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        i.lon, i.lat, i.captured_at_ms, i.compass_angle, i.sequence_id, i.is_pano, i.organization_id, i.creator_id
+        i.lon,
+        i.lat,
+        i.captured_at_ms,
+        i.compass_angle,
+        i.sequence_id,
+        i.is_pano,
+        i.organization_id,
+        i.creator_id
     );
     fnv1a(s.as_bytes()) as i64
 }
 
 /// A fingerprint of everything the feature tile says about a map feature.
 pub fn feature_hash(f: &TileFeature) -> i64 {
-    let s = format!("{:.7}|{:.7}|{:?}|{:?}|{:?}", f.lon, f.lat, f.value, f.first_seen_at_ms, f.last_seen_at_ms);
+    let s =
+        format!("{:.7}|{:.7}|{:?}|{:?}|{:?}", f.lon, f.lat, f.value, f.first_seen_at_ms, f.last_seen_at_ms);
     fnv1a(s.as_bytes()) as i64
 }
 

@@ -82,7 +82,11 @@ impl Sim {
                         return Sim { child, url };
                     }
                 }
-                _ => panic!("simulator exited before it was ready"),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("simulator exited before it was ready")
+                }
             }
         }
     }
@@ -140,8 +144,7 @@ pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
