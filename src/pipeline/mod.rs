@@ -275,6 +275,10 @@ pub async fn sync(
         });
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
         jobs::release(store, run, &ctx.owner).await?;
+        if cfg.harvest.detections {
+            let linked = store.link_detections().await?;
+            info!(linked, "detections linked to map features");
+        }
         let counters = serde_json::json!({ "requests": ctx.api.counters(), "process": ctx.counters.snapshot() });
         let summary = jobs::finish(store, run, &counters).await?;
         let auth = match outcome {

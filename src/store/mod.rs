@@ -335,6 +335,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Links detections to the map feature seen in the same image with the same value (the API
+    /// documents no feature field on detections; the feature's `images` edge gives the pairing).
+    /// Set-based, idempotent, and run once per sync after all tiles are written.
+    pub async fn link_detections(&self) -> Result<u64, StoreError> {
+        const LINK: &str = "
+UPDATE detections d SET map_feature_id = m.feature
+FROM (SELECT d2.id, min(f.id) AS feature
+      FROM detections d2
+      JOIN map_feature_images l ON l.image_id = d2.image_id
+      JOIN map_features f ON f.id = l.map_feature_id AND f.object_value = d2.value
+      WHERE d2.map_feature_id IS NULL
+      GROUP BY d2.id) m
+WHERE d.id = m.id";
+        let r = sqlx::query(LINK).execute(&self.pool).await.map_err(|source| StoreError::Query {
+            context: "linking detections to map features".into(),
+            source,
+        })?;
+        Ok(r.rows_affected())
+    }
+
     /// Writes one tile's result and marks its job done, in ONE transaction.
     pub async fn write_tile(&self, w: &TileWrite) -> Result<WriteCounts, StoreError> {
         write::write_tile(self, w).await

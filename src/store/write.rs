@@ -98,7 +98,10 @@ ON CONFLICT (id) DO UPDATE SET
         THEN EXCLUDED.computed_altitude ELSE i.computed_altitude END,
     quality_score = CASE WHEN EXCLUDED.enriched_at IS NOT NULL
         THEN EXCLUDED.quality_score ELSE i.quality_score END,
-    geom = CASE WHEN $1 AND EXCLUDED.enriched_at IS NULL THEN i.geom ELSE EXCLUDED.geom END,
+    -- Without details, the tile's quantised position replaces the stored (exact, enriched) one
+    -- only when the tile shows the image elsewhere than before.
+    geom = CASE WHEN ($1 OR i.tile_hash = EXCLUDED.tile_hash) AND EXCLUDED.enriched_at IS NULL
+        THEN i.geom ELSE EXCLUDED.geom END,
     computed_geom = CASE WHEN $1 OR EXCLUDED.enriched_at IS NOT NULL
         THEN EXCLUDED.computed_geom ELSE i.computed_geom END,
     tile_z = EXCLUDED.tile_z, tile_x = EXCLUDED.tile_x, tile_y = EXCLUDED.tile_y,
@@ -176,11 +179,15 @@ FROM stage_feat ORDER BY id, has_details DESC
 ON CONFLICT (id) DO UPDATE SET
     object_value = COALESCE(EXCLUDED.object_value, f.object_value),
     object_type = EXCLUDED.object_type,
-    first_seen_at = COALESCE(EXCLUDED.first_seen_at, f.first_seen_at),
-    last_seen_at = COALESCE(EXCLUDED.last_seen_at, f.last_seen_at),
+    -- Graph gives seconds, the tile milliseconds: keep the enriched value unless the tile changed.
+    first_seen_at = CASE WHEN f.tile_hash = EXCLUDED.tile_hash AND EXCLUDED.enriched_at IS NULL
+        THEN f.first_seen_at ELSE COALESCE(EXCLUDED.first_seen_at, f.first_seen_at) END,
+    last_seen_at = CASE WHEN f.tile_hash = EXCLUDED.tile_hash AND EXCLUDED.enriched_at IS NULL
+        THEN f.last_seen_at ELSE COALESCE(EXCLUDED.last_seen_at, f.last_seen_at) END,
     aligned_direction = CASE WHEN EXCLUDED.enriched_at IS NOT NULL
         THEN EXCLUDED.aligned_direction ELSE f.aligned_direction END,
-    geom = EXCLUDED.geom,
+    geom = CASE WHEN f.tile_hash = EXCLUDED.tile_hash AND EXCLUDED.enriched_at IS NULL
+        THEN f.geom ELSE EXCLUDED.geom END,
     tile_z = EXCLUDED.tile_z, tile_x = EXCLUDED.tile_x, tile_y = EXCLUDED.tile_y,
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
