@@ -378,8 +378,25 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
             if stopping || room == 0 || allowed == 0 {
                 break;
             }
-            // Nothing claimable now; tiles leased by another live process are theirs to finish.
-            break;
+            // Nothing claimable now; tiles leased by another live process are theirs to finish, but
+            // this process waits for them (a crashed owner's lease expires and is claimed here), so
+            // that two processes on one region both end with the finished run.
+            let others = jobs::run_tiles(&ctx.store, ctx.run)
+                .await?
+                .iter()
+                .any(|(_, state, n)| state == "leased" && *n > 0);
+            if !others {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                _ = signals.recv() => {
+                    warn!("interrupted: stopping; unfinished tiles resume on the next run");
+                    ctx.stop.store(true, Ordering::Relaxed);
+                    end = DriveEnd::Stopped;
+                    break;
+                }
+            }
         }
         tokio::select! {
             joined = in_flight.join_next() => {
