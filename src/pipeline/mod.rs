@@ -704,26 +704,30 @@ pub fn feature_hash(f: &TileFeature) -> i64 {
     fnv1a(s.as_bytes()) as i64
 }
 
-/// SIGINT / SIGTERM as one stream.
+/// SIGINT / SIGTERM, registered when created (not when first awaited).
 struct Signals {
     term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Signals {
-        Signals { term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok() }
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
     }
+
     async fn recv(&mut self) {
-        match &mut self.term {
-            Some(t) => {
-                tokio::select! {
-                    _ = t.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending::<()>().await,
             }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
         }
     }
 }

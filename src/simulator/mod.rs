@@ -158,32 +158,21 @@ async fn serve_state(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Registers SIGINT/SIGTERM handlers now (before readiness is announced, so a signal sent right
+/// after the ready line is never missed) and returns a future that ends on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, SimError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let register =
+        |kind| signal(kind).map_err(|e| SimError::Other(format!("cannot listen for signals: {e}")));
+    let mut term = register(SignalKind::terminate())?;
+    let mut int = register(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("simulator shutting down");
+        tracing::info!("simulator shutting down");
+    })
 }
 
 /// Runs the simulator until SIGINT/SIGTERM, printing `listening on http://ADDR` once ready.
@@ -195,10 +184,11 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimError> {
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: args.listen, source })?;
     // Validate everything before announcing readiness, so a bad faults file fails fast.
     let state = Arc::new(server::AppState::new(&args)?);
+    let shutdown = shutdown_signal()?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on http://{addr}");
     let _ = out.flush();
     drop(out);
     tracing::info!(%addr, seed = args.seed, epoch = args.epoch, "simulator listening");
-    serve_state(state, listener, shutdown_signal()).await
+    serve_state(state, listener, shutdown).await
 }
