@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// Three suburban tiles of Malmö (a few thousand images each): small enough for many runs.
