@@ -31,14 +31,14 @@ if [ "$QUICK" = 1 ]; then
   MEM_SMALL=${BENCH_MEM_SMALL:-14.45,56.48,14.55,56.52}
   MEM_LARGE=${BENCH_MEM_LARGE:-14.3,56.4,14.7,56.6}
 else
-  # ~7x3 tiles around Malmö's centre, including the dense core 14/8783/5134.
-  LOAD_REGION=${BENCH_LOAD_REGION:-12.92,55.58,13.08,55.62}
+  # Greater Malmö (~200 z14 tiles): the simulator's dense core 14/8783/5134 and its suburbs.
+  LOAD_REGION=${BENCH_LOAD_REGION:-12.85,55.52,13.15,55.68}
   # The dense core tile and a neighbour.
   API_REGION=${BENCH_API_REGION:-12.99,55.595,13.03,55.600}
   LIMITS_REGION=${BENCH_LIMITS_REGION:-13.03,55.55,13.10,55.58}
   # Sparse countryside around 14.5,56.5: ~50 and ~5,000 z14 tiles.
-  MEM_SMALL=${BENCH_MEM_SMALL:-14.39,56.47,14.61,56.53}
-  MEM_LARGE=${BENCH_MEM_LARGE:-13.40,56.22,15.60,56.80}
+  MEM_SMALL=${BENCH_MEM_SMALL:-14.40,56.47,14.58,56.53}
+  MEM_LARGE=${BENCH_MEM_LARGE:-13.40,56.21,15.62,56.81}
 fi
 LIMIT_SEARCH=${BENCH_SEARCH_PER_MINUTE:-300}
 LIMIT_ENTITY=${BENCH_ENTITY_PER_MINUTE:-600}
@@ -107,7 +107,7 @@ sync_run() {
   fi
   log "$tag: $(head -n1 "$WORK/$tag.out") in ${WALL}s, peak RSS ${RSS_MB} MB"
 }
-# summary_field TAG REGEX: first number captured by the sed regex in the summary.
+# summary_num TAG REGEX: first number captured by the sed regex in the summary.
 summary_num() { sed -nE "s/.*$2.*/\1/p" "$WORK/$1.out" | head -n1; }
 count() { psql "$1" -XtAc "$2"; }
 
@@ -129,7 +129,7 @@ stop_sim
 SYNC_WALL=$WALL
 IMAGES=$(count "$DB" "SELECT count(*) FROM mapillary.images")
 SEQS=$(count "$DB" "SELECT count(*) FROM mapillary.sequences")
-TILES=$(count "$DB" "SELECT count(*) FROM mapillary.tile_state")
+TILES=$(summary_num load 'tiles [0-9]+/([0-9]+) done')
 # Baseline: the same rows of the data tables the sync wrote, dumped, truncated and loaded back
 # with COPY into the same tables with all their indexes.
 for t in images sequences; do
@@ -163,9 +163,8 @@ stop_sim
 IMG1=$(count "$DB" "SELECT count(*) FROM mapillary.images_live")
 FEAT1=$(count "$DB" "SELECT count(*) FROM mapillary.map_features_live")
 ENR1=$(count "$DB" "SELECT count(*) FROM mapillary.images WHERE enriched_at IS NOT NULL")
-Z14=$(count "$DB" "SELECT count(DISTINCT (z, x, y)) FROM mapillary.tile_state" 2>/dev/null \
-  || count "$DB" "SELECT count(*) FROM mapillary.tile_state")
-JOBS=$(count "$DB" "SELECT count(*) FROM mapillary.tile_state")
+Z14=$(count "$DB" "SELECT count(DISTINCT (z, x, y)) FROM mapillary.tile_state")
+JOBS=$(summary_num api_first 'tiles [0-9]+/([0-9]+) done')
 FIRST=$(jq -n --argjson s "$S" --argjson img "$IMG1" --argjson feat "$FEAT1" --argjson enr "$ENR1" \
   --argjson z14 "$Z14" --argjson jobs "$JOBS" '
   ($s.requests.search + $s.requests.entity) as $graph |
@@ -230,7 +229,7 @@ for pair in "small:$MEM_SMALL" "large:$MEM_LARGE"; do
   region=${pair#*:}
   DB=$(fresh_db mly_bench_mem)
   sync_run "$DB" "$region" "mem_$name" MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public
-  T=$(count "$DB" "SELECT count(*) FROM mapillary.tile_state")
+  T=$(summary_num "mem_$name" 'tiles [0-9]+/([0-9]+) done')
   I=$(count "$DB" "SELECT count(*) FROM mapillary.images")
   MEM=$(jq -n --argjson m "$MEM" --arg n "$name" --arg region "$region" --argjson t "$T" --argjson i "$I" \
     --argjson wall "$WALL" --argjson rss "$RSS_MB" \
