@@ -345,3 +345,115 @@ fn two_processes_on_one_region_share_the_work() {
     );
     assert_eq!(psql(&db, "SELECT count(*) FROM mapillary.harvest_tile"), "6", "2 tiles x 3 tilesets");
 }
+
+/// Malmö's dense core tile and a neighbour: a sync of several seconds.
+const CORE: &str = "12.99,55.595,13.03,55.600";
+const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL cluster of its own (so restarting it disturbs no other test); stopped on drop.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn as_postgres(cmd: &str) -> std::process::Output {
+        Command::new("su").args(["postgres", "-s", "/bin/bash", "-c", cmd]).output().unwrap()
+    }
+
+    /// Starts a cluster, or returns why it cannot (not root, no PostgreSQL binaries).
+    fn start() -> Result<OwnCluster, String> {
+        if !Path::new(PGBIN).join("initdb").exists() {
+            return Err(format!("no {PGBIN}/initdb"));
+        }
+        let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
+        if text(&uid.stdout).trim() != "0" {
+            return Err("not root: cannot run initdb as user postgres".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path().to_str().unwrap().to_string();
+        let chown =
+            Command::new("chown").args(["postgres:postgres", &d]).status().map_err(|e| e.to_string())?;
+        if !chown.success() {
+            return Err("chown failed".into());
+        }
+        let port = 54400 + (std::process::id() % 100) as u16;
+        let o = Self::as_postgres(&format!(
+            "'{PGBIN}/initdb' -D '{d}/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8"
+        ));
+        if !o.status.success() {
+            return Err(format!("initdb failed: {}", text(&o.stderr)));
+        }
+        let c = OwnCluster { dir, port };
+        let o = Self::as_postgres(&format!(
+            "'{PGBIN}/pg_ctl' -D '{d}/data' -l '{d}/pg.log' -w start -o '-p {port} -k {d} -c listen_addresses=localhost -c fsync=off'"
+        ));
+        if !o.status.success() {
+            return Err(format!("pg_ctl start failed: {}", text(&o.stderr)));
+        }
+        Ok(c)
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@localhost:{}/{db}", self.port)
+    }
+
+    fn restart(&self) {
+        let d = self.dir.path().to_str().unwrap();
+        let o = Self::as_postgres(&format!(
+            "'{PGBIN}/pg_ctl' -D '{d}/data' -m fast restart -w -l '{d}/pg.log' -o '-p {} -k {d} -c listen_addresses=localhost -c fsync=off'",
+            self.port
+        ));
+        assert!(o.status.success(), "restart failed: {}", text(&o.stderr));
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let d = self.dir.path().to_str().unwrap_or("");
+        let _ = Self::as_postgres(&format!("'{PGBIN}/pg_ctl' -D '{d}/data' -m immediate stop"));
+    }
+}
+
+#[test]
+fn a_database_restart_mid_run_then_resume_gives_the_clean_tables() {
+    let cluster = match OwnCluster::start() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot start an own PostgreSQL cluster: {why}");
+            return;
+        }
+    };
+    let expected = clean_checksum(CORE);
+    psql(&cluster.url("postgres"), "CREATE DATABASE restarted");
+    let db = cluster.url("restarted");
+    let sim = Sim::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = harvest_env(&sim, &db);
+    let mut child = spawn_to_files(&["-q", "sync", CORE], &env, dir.path(), "first");
+    std::thread::sleep(Duration::from_millis(2500));
+    let still_running = child.try_wait().unwrap().is_none();
+    cluster.restart();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the first sync hangs after the database restart");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(dir.path().join("first.err")).unwrap();
+    eprintln!("restart landed mid-run: {still_running}; first run: {:?}; stderr: {err}", status.code());
+    assert!(!err.contains("panicked"), "panic: {err}");
+    if !status.success() {
+        assert!(
+            matches!(status.code(), Some(5 | 8 | 9)),
+            "undocumented exit code {:?}: {err}",
+            status.code()
+        );
+        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(last.starts_with("mly-harvest: error:"), "no one-line error at the end: {err}");
+    }
+    ok(&run(&["sync", CORE], &env));
+    assert_eq!(checksum(&db), expected, "tables differ from an uninterrupted run");
+}
