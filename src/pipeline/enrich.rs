@@ -5,10 +5,11 @@
 //! to fetch, go through multi-id lookups of up to 50.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 
 use futures::StreamExt;
 
-use crate::api::{ApiClient, ApiError, Search};
+use crate::api::{ApiClient, ApiError, ByIds, Search};
 use crate::model::{ImageDetails, ImageId, MapFeatureDetails, MapFeatureId};
 use crate::pipeline::plan::{IDS_PER_CALL, SEARCH_CELL_TARGET};
 use crate::tiles::{MAX_ENRICH_ZOOM, TileId};
@@ -93,6 +94,24 @@ fn sorted(it: impl Iterator<Item = i64>) -> Vec<i64> {
     v
 }
 
+/// A Graph record that knows its id.
+pub trait Record {
+    /// The record's id.
+    fn id(&self) -> i64;
+}
+
+impl Record for ImageDetails {
+    fn id(&self) -> i64 {
+        self.id.0
+    }
+}
+
+impl Record for MapFeatureDetails {
+    fn id(&self) -> i64 {
+        self.id.0
+    }
+}
+
 /// Fetches image details for `needed` ids of the tile.
 pub async fn images(
     api: &ApiClient,
@@ -100,46 +119,13 @@ pub async fn images(
     records: &[Located],
     needed: &HashSet<i64>,
 ) -> Result<Enriched<ImageDetails>, ApiError> {
-    let p = plan(tile, records, needed);
-    let mut details = HashMap::new();
-    let mut cells = p.search_cells;
-    while !cells.is_empty() {
-        let results: Vec<(TileId, Result<Search<ImageDetails>, ApiError>)> =
-            futures::stream::iter(cells.drain(..))
-                .map(|c| async move { (c, api.search_images(&c.bounds()).await) })
-                .buffer_unordered(SEARCH_PARALLELISM)
-                .collect()
-                .await;
-        let mut next = Vec::new();
-        for (cell, r) in results {
-            match r? {
-                Search::Complete(found) => {
-                    for d in found {
-                        if needed.contains(&d.id.0) {
-                            details.insert(d.id.0, d);
-                        }
-                    }
-                }
-                // More than the cap: split the cell; at the floor, the lookups below take over.
-                Search::TooMuch if cell.z < MAX_ENRICH_ZOOM => next.extend(cell.children()),
-                Search::TooMuch => {}
-            }
-        }
-        cells = next;
-    }
-    let rest: Vec<ImageId> = sorted(needed.iter().copied().filter(|id| !details.contains_key(id)))
-        .into_iter()
-        .map(ImageId)
-        .collect();
-    let mut missing = Vec::new();
-    if !rest.is_empty() {
-        let by = api.images_by_id(&rest).await?;
-        for d in by.found {
-            details.insert(d.id.0, d);
-        }
-        missing = by.missing;
-    }
-    Ok(Enriched { details, missing })
+    run(
+        plan(tile, records, needed),
+        needed,
+        |cell| async move { api.search_images(&cell.bounds()).await },
+        |ids| async move { api.images_by_id(&ids.into_iter().map(ImageId).collect::<Vec<_>>()).await },
+    )
+    .await
 }
 
 /// Fetches map-feature details for `needed` ids of the tile.
@@ -149,42 +135,60 @@ pub async fn features(
     records: &[Located],
     needed: &HashSet<i64>,
 ) -> Result<Enriched<MapFeatureDetails>, ApiError> {
-    let p = plan(tile, records, needed);
+    run(
+        plan(tile, records, needed),
+        needed,
+        |cell| async move { api.search_map_features(&cell.bounds()).await },
+        |ids| async move { api.map_features_by_id(&ids.into_iter().map(MapFeatureId).collect::<Vec<_>>()).await },
+    )
+    .await
+}
+
+/// Executes a plan: searches its cells level by level (splitting a cell that hits the cap, down to
+/// z18), then looks up every needed id the searches did not return.
+async fn run<T, S, SF, L, LF>(
+    p: EnrichPlan,
+    needed: &HashSet<i64>,
+    search: S,
+    lookup: L,
+) -> Result<Enriched<T>, ApiError>
+where
+    T: Record,
+    S: Fn(TileId) -> SF,
+    SF: Future<Output = Result<Search<T>, ApiError>>,
+    L: FnOnce(Vec<i64>) -> LF,
+    LF: Future<Output = Result<ByIds<T>, ApiError>>,
+{
     let mut details = HashMap::new();
     let mut cells = p.search_cells;
     while !cells.is_empty() {
-        let results: Vec<(TileId, Result<Search<MapFeatureDetails>, ApiError>)> =
-            futures::stream::iter(cells.drain(..))
-                .map(|c| async move { (c, api.search_map_features(&c.bounds()).await) })
-                .buffer_unordered(SEARCH_PARALLELISM)
-                .collect()
-                .await;
+        let results: Vec<(TileId, Result<Search<T>, ApiError>)> = futures::stream::iter(cells.drain(..))
+            .map(|c| {
+                let f = search(c);
+                async move { (c, f.await) }
+            })
+            .buffer_unordered(SEARCH_PARALLELISM)
+            .collect()
+            .await;
         let mut next = Vec::new();
         for (cell, r) in results {
             match r? {
                 Search::Complete(found) => {
-                    for d in found {
-                        if needed.contains(&d.id.0) {
-                            details.insert(d.id.0, d);
-                        }
-                    }
+                    details
+                        .extend(found.into_iter().filter(|d| needed.contains(&d.id())).map(|d| (d.id(), d)));
                 }
+                // More than the cap: split the cell; at the floor, the lookups below take over.
                 Search::TooMuch if cell.z < MAX_ENRICH_ZOOM => next.extend(cell.children()),
                 Search::TooMuch => {}
             }
         }
         cells = next;
     }
-    let rest: Vec<MapFeatureId> = sorted(needed.iter().copied().filter(|id| !details.contains_key(id)))
-        .into_iter()
-        .map(MapFeatureId)
-        .collect();
+    let rest = sorted(needed.iter().copied().filter(|id| !details.contains_key(id)));
     let mut missing = Vec::new();
     if !rest.is_empty() {
-        let by = api.map_features_by_id(&rest).await?;
-        for d in by.found {
-            details.insert(d.id.0, d);
-        }
+        let by = lookup(rest).await?;
+        details.extend(by.found.into_iter().map(|d| (d.id(), d)));
         missing = by.missing;
     }
     Ok(Enriched { details, missing })
