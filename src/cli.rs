@@ -41,6 +41,9 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
 }
 
+/// The most z14 tiles one run plans (each becomes a job row per tileset); the whole world is 2^28.
+pub const MAX_TILES_PER_RUN: u64 = 5_000_000;
+
 /// mly-harvest keeps a PostGIS database in step with Mapillary's street-level imagery.
 #[derive(Debug, Parser)]
 #[command(name = "mly-harvest", version, about)]
@@ -209,6 +212,12 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             let tiles = region.tile_count(HARVEST_ZOOM);
             if tiles == 0 {
                 return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
+            }
+            if tiles > MAX_TILES_PER_RUN {
+                return Err(CliError::Input(format!(
+                    "region {:?} covers {tiles} z14 tiles; one run takes at most {MAX_TILES_PER_RUN}: split the region into several",
+                    region.name
+                )));
             }
             if tiles > cfg.harvest.max_tiles_without_confirm && !args.yes {
                 return Err(CliError::Input(format!(

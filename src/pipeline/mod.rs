@@ -230,6 +230,9 @@ pub async fn sync(
     let started = Instant::now();
     let run_span = info_span!("run", region = %region.name);
     async move {
+        if cfg.mapillary.access_token.is_empty() {
+            return Err(PipelineError::Auth("no access token is configured".into()));
+        }
         let tiles = region.tiles(HARVEST_ZOOM);
         let planned: Vec<PlannedTile> = tiles
             .iter()
@@ -256,9 +259,6 @@ pub async fn sync(
             entity_per_minute: cfg.limits.entity_per_minute,
         })
         .map_err(PipelineError::Api)?;
-        if cfg.mapillary.access_token.is_empty() {
-            return Err(PipelineError::Auth("no access token is configured".into()));
-        }
         let refresh_before = opts
             .refresh_older_than
             .and_then(|d| chrono::Duration::from_std(d).ok())
@@ -281,11 +281,8 @@ pub async fn sync(
         }
         let counters = serde_json::json!({ "requests": ctx.api.counters(), "process": ctx.counters.snapshot() });
         let summary = jobs::finish(store, run, &counters).await?;
-        let auth = match outcome {
-            Ok(o) => o,
-            Err(e) => return Err(e),
-        };
-        let outcome = match auth {
+        // The run's bookkeeping is written above even when the claim loop failed.
+        let outcome = match outcome? {
             DriveEnd::Quota => Outcome::QuotaExhausted,
             DriveEnd::Stopped => Outcome::Stopped,
             DriveEnd::Finished if summary.failed > 0 => Outcome::Partial,
