@@ -108,7 +108,7 @@ sync_run() {
   log "$tag: $(head -n1 "$WORK/$tag.out") in ${WALL}s, peak RSS ${RSS_MB} MB"
 }
 # summary_num TAG REGEX: first number captured by the sed regex in the summary.
-summary_num() { sed -nE "s/.*$2.*/\1/p" "$WORK/$1.out" | head -n1; }
+summary_num() { sed -nE "s#.*$2.*#\1#p" "$WORK/$1.out" | head -n1; }
 count() { psql "$1" -XtAc "$2"; }
 
 put machine "$(jq -n --arg cores "$(nproc)" --arg mem "$(awk '/MemTotal/ { printf "%.1f", $2/1048576 }' /proc/meminfo)" \
