@@ -188,17 +188,16 @@ fn coverage_layers(tw: &TileWorld, computed: bool) -> Vec<Layer> {
         return Vec::new();
     }
     let tile = tw.tile;
-    // In-tile images of each sequence in capture order.
-    let mut by_seq: HashMap<&str, Vec<&SimImage>> = HashMap::new();
-    for img in &tw.images {
-        by_seq.entry(img.sequence_id.as_str()).or_default().push(img);
-    }
+    let by_id: HashMap<i64, &SimImage> = tw.images.iter().map(|i| (i.id, i)).collect();
     let mut next_id = 0u64;
     let mut seq_layer = LayerBuilder::new("sequence");
     for seq in &tw.sequences {
-        let Some(imgs) = by_seq.get(seq.id.as_str()) else { continue };
-        // World image ids grow along each sequence's capture order, and `tw.images` is sorted by id,
-        // so `imgs` is already in capture order.
+        // The sequence's in-tile images in capture order: synthetic ids grow along a drive, but real
+        // (fixture) ids do not, so the sequence's own order is the one to follow.
+        let imgs: Vec<&SimImage> = seq.image_ids.iter().filter_map(|id| by_id.get(id).copied()).collect();
+        if imgs.is_empty() {
+            continue;
+        }
         let pts: Vec<(i64, i64)> = imgs
             .iter()
             .map(|i| {

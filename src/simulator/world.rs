@@ -2,10 +2,11 @@
 //! precomputed global state. Every id encodes its home tile so lookups regenerate (or take from
 //! the cache) just that tile.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::model::FeatureKind;
+use crate::model::{FeatureKind, Tileset};
 use crate::simulator::encode::detection_geometry_b64;
 use crate::tiles::{HARVEST_ZOOM, TileId};
 
@@ -13,6 +14,8 @@ use crate::tiles::{HARVEST_ZOOM, TileId};
 pub struct World {
     seed: u64,
     cache: Mutex<Lru>,
+    /// The fixture tile's world, built on first use; it is the same at every epoch.
+    fixture: OnceLock<Option<Arc<TileWorld>>>,
 }
 
 /// Everything whose ORIGINAL geometry lies in one z14 tile.
@@ -138,20 +141,215 @@ impl Lru {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The real Zürich fixture tile.
+//
+// Where a captured real tile's z/x/y is known (14/8574/5735, Vespucci's 2021 `mly1_public`), the
+// simulator serves those exact bytes and builds the tile's world from them, so the Graph API and
+// the tile agree. The real tile is a single snapshot: the world there is the same at every epoch
+// (no deletions, moves, uploads or recomputed positions), and it has no map features or detections
+// (no feature tiles were captured), so the feature tilesets answer empty there.
+
+/// The z14 tile the real fixture was captured at.
+pub const FIXTURE_TILE: TileId = TileId { z: 14, x: 8574, y: 5735 };
+/// File name of the fixture tile inside the fixtures directory.
+const FIXTURE_FILE: &str = "vespucci-mly1_public-14_8574_5735_2021.mvt";
+/// Environment variable naming the fixtures directory (default `<crate>/../shared/fixtures/real`).
+pub const FIXTURES_DIR_ENV: &str = "MLY_FIXTURES_DIR";
+
+/// Errors while loading the fixture tile (each one makes the simulator fall back to the synthetic tile).
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    /// The file could not be read.
+    #[error("while reading fixture tile {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The file is not a tile the crate's decoder accepts.
+    #[error("while decoding fixture tile {path}: {source}")]
+    Decode { path: String, source: crate::mvt::MvtError },
+}
+
+/// The loaded fixture: its bytes, decoded content, and the id index that routes lookups to it.
+struct Fixture {
+    bytes: Vec<u8>,
+    decoded: crate::model::DecodedTile,
+    image_ids: HashSet<i64>,
+    sequence_ids: HashSet<String>,
+}
+
+/// Path of the fixture tile: `$MLY_FIXTURES_DIR/<file>` or the shared fixtures next to the crate.
+fn fixture_path() -> PathBuf {
+    let dir = std::env::var_os(FIXTURES_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/real")));
+    dir.join(FIXTURE_FILE)
+}
+
+fn load_fixture(path: &Path) -> Result<Fixture, FixtureError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| FixtureError::Read { path: shown.clone(), source })?;
+    let decoded = crate::mvt::decode_tile(Tileset::Public, FIXTURE_TILE, &bytes)
+        .map_err(|source| FixtureError::Decode { path: shown, source })?;
+    let image_ids = decoded.images.iter().map(|i| i.id.0).collect();
+    let sequence_ids = decoded
+        .images
+        .iter()
+        .filter_map(|i| i.sequence_id.clone())
+        .chain(decoded.sequences.iter().map(|s| s.id.clone()))
+        .collect();
+    Ok(Fixture { bytes, decoded, image_ids, sequence_ids })
+}
+
+/// The fixture, loaded once per process; `None` (synthetic tile) if it is missing or unusable.
+fn fixture() -> Option<&'static Fixture> {
+    static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let path = fixture_path();
+            match load_fixture(&path) {
+                Ok(f) => {
+                    tracing::debug!(path = %path.display(), images = f.decoded.images.len(), "loaded fixture tile");
+                    Some(f)
+                }
+                Err(FixtureError::Read { path, source }) => {
+                    // Missing fixtures are normal outside the workspace: the synthetic tile stands in.
+                    tracing::debug!(%path, error = %source, "fixture tile unavailable, serving the synthetic tile");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fixture tile unusable, serving the synthetic tile");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Whether `id` is an image of the real fixture tile (such ids never denote synthetic records).
+fn is_fixture_image(id: i64) -> bool {
+    fixture().is_some_and(|f| f.image_ids.contains(&id))
+}
+
 /// The real tile bytes served for `mly1_public` at this tile, if it is the fixture tile.
-pub fn fixture_tile_bytes(_tile: TileId) -> Option<Vec<u8>> {
-    None
+pub fn fixture_tile_bytes(tile: TileId) -> Option<Vec<u8>> {
+    if tile != FIXTURE_TILE {
+        return None;
+    }
+    fixture().map(|f| f.bytes.clone())
+}
+
+/// A stable 64-bit hash of a string (FNV-1a), for keying attributes of fixture sequences.
+fn str_key(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The world of the fixture tile: the real images at their decoded positions with their real
+/// tile attributes; Graph-only fields synthesised from `seed` and the ids.
+fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
+    let tile = FIXTURE_TILE;
+    let frame = Frame::new(tile);
+    let seq_layer: HashMap<&str, &crate::model::TileSequence> =
+        fx.decoded.sequences.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut images: Vec<SimImage> = Vec::with_capacity(fx.decoded.images.len());
+    let mut seen = HashSet::new();
+    for ti in &fx.decoded.images {
+        // A repeated id would make lookups ambiguous; the first occurrence is the record.
+        if !seen.insert(ti.id.0) {
+            continue;
+        }
+        let seq_id = ti.sequence_id.clone().unwrap_or_default();
+        let sh = hash(seed, &[P_FIXTURE, str_key(&seq_id)]);
+        let is_pano = ti.is_pano.unwrap_or(false);
+        let camera = if is_pano { 4 + (mix(sh ^ 2) % 2) as usize } else { (mix(sh ^ 2) % 4) as usize };
+        let creator_id = user_id((mix(sh ^ 3) % USERS as u64) as i64);
+        let id = ti.id.0;
+        let mut rng = Rng(hash(seed, &[P_FIXTURE, id as u64]));
+        let compass_angle = ti.compass_angle.unwrap_or(0.0);
+        // SfM nudges the GPS position by well under a metre; stay inside the tile.
+        let (x, y) =
+            ((ti.lon - frame.west) / frame.dlon * frame.w, (ti.lat - frame.south) / frame.dlat * frame.h);
+        let (cx, cy) = frame.clamp(x + 0.6 * rng.gauss(), y + 0.6 * rng.gauss());
+        let computed = Some(frame.lonlat(cx, cy));
+        let cam = CAMERAS[camera];
+        // Zürich-Höngg lies around 430 m above sea level.
+        let altitude = ((430.0 + 5.0 * rng.gauss()) * 1000.0).round() / 1000.0;
+        images.push(SimImage {
+            id,
+            sequence_id: seq_id,
+            captured_at_ms: ti.captured_at_ms.unwrap_or(0),
+            compass_angle,
+            computed_compass_angle: (compass_angle + 0.5 * rng.gauss()).rem_euclid(360.0),
+            lon: ti.lon,
+            lat: ti.lat,
+            computed,
+            altitude,
+            computed_altitude: altitude + 2.0 * rng.gauss(),
+            is_pano,
+            creator_id,
+            creator_username: username(seed, creator_id),
+            organization_id: ti.organization_id,
+            camera_type: cam.0.to_string(),
+            make: cam.1.to_string(),
+            model: cam.2.to_string(),
+            width: cam.3,
+            height: cam.4,
+            quality_score: (rng.unit() < 0.9).then(|| rng.range(0.3, 1.0)),
+            atomic_scale: rng.range(0.9, 1.1),
+            camera_parameters: if is_pano {
+                Vec::new()
+            } else {
+                vec![rng.range(0.5, 1.0), rng.range(-0.1, 0.1) * 1e-3, rng.range(-0.1, 0.1) * 1e-3]
+            },
+            computed_rotation: [rng.range(-1.6, 1.6), rng.range(-0.05, 0.05), rng.range(-0.05, 0.05)],
+            exif_orientation: [1, 1, 1, 1, 1, 1, 3, 6][(rng.next() % 8) as usize],
+            merge_cc: hash(seed, &[P_IMG, u64::from(tile.x), u64::from(tile.y)]) >> 1,
+            has_mesh: rng.unit() < 0.85,
+        });
+    }
+    // Sequences: the tile's images of each, in capture order (ties by id).
+    let mut by_seq: HashMap<&str, Vec<&SimImage>> = HashMap::new();
+    for img in images.iter().filter(|i| !i.sequence_id.is_empty()) {
+        by_seq.entry(img.sequence_id.as_str()).or_default().push(img);
+    }
+    let mut sequences: Vec<SimSequence> = by_seq
+        .into_iter()
+        .map(|(id, mut imgs)| {
+            imgs.sort_unstable_by_key(|i| (i.captured_at_ms, i.id));
+            let layer = seq_layer.get(id);
+            let first = imgs[0]; // by construction every group has at least one image
+            SimSequence {
+                id: id.to_string(),
+                image_ids: imgs.iter().map(|i| i.id).collect(),
+                captured_at_ms: layer.and_then(|s| s.captured_at_ms).unwrap_or(first.captured_at_ms),
+                is_pano: layer.and_then(|s| s.is_pano).unwrap_or(first.is_pano),
+                creator_id: first.creator_id,
+                organization_id: layer.and_then(|s| s.organization_id).or(first.organization_id),
+            }
+        })
+        .collect();
+    images.sort_unstable_by_key(|i| i.id);
+    sequences.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    TileWorld { tile, images, sequences, features: Vec::new(), detections: Vec::new() }
 }
 
 impl World {
     /// A world determined entirely by `seed`.
     pub fn new(seed: u64) -> World {
-        World { seed, cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }) }
+        World { seed, cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }), fixture: OnceLock::new() }
+    }
+
+    /// The world of the real fixture tile, if the fixture is available.
+    fn fixture_tile(&self) -> Option<Arc<TileWorld>> {
+        self.fixture.get_or_init(|| fixture().map(|fx| Arc::new(fixture_world(self.seed, fx)))).clone()
     }
 
     /// The content of z14 tile `tile` at `epoch` (cached); a deeper tile is taken as its z14 ancestor.
     pub fn tile(&self, tile: TileId, epoch: u32) -> Arc<TileWorld> {
         let tile = tile.ancestor_at(HARVEST_ZOOM);
+        if tile == FIXTURE_TILE
+            && let Some(tw) = self.fixture_tile()
+        {
+            return tw;
+        }
         let key = (tile, epoch);
         // A poisoned lock only means another thread panicked mid-update of a plain cache: keep using it.
         if let Some(tw) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
@@ -165,11 +363,22 @@ impl World {
 
     /// The target image count of a tile, computed without generating it.
     pub fn expected_images(&self, tile: TileId) -> u32 {
-        density(self.seed, tile.ancestor_at(HARVEST_ZOOM))
+        let tile = tile.ancestor_at(HARVEST_ZOOM);
+        if tile == FIXTURE_TILE
+            && let Some(fx) = fixture()
+        {
+            return fx.image_ids.len() as u32;
+        }
+        density(self.seed, tile)
     }
 
     /// The image with this id at `epoch`, or `None` if it never existed or was deleted.
     pub fn image(&self, id: i64, epoch: u32) -> Option<SimImage> {
+        // Fixture ids also decode as synthetic ids (kind 0, some far-away tile): the index wins.
+        if is_fixture_image(id) {
+            let tw = self.fixture_tile()?;
+            return tw.images.binary_search_by_key(&id, |i| i.id).ok().map(|i| tw.images[i].clone());
+        }
         let (kind, tile, local) = split_id(id)?;
         if kind != KIND_IMAGE {
             return None;
@@ -186,6 +395,10 @@ impl World {
 
     /// The map feature with this id at `epoch`.
     pub fn map_feature(&self, id: i64, epoch: u32) -> Option<SimFeature> {
+        // An id names one entity only: a fixture image is never also a synthetic feature.
+        if is_fixture_image(id) {
+            return None;
+        }
         let (kind, tile, _) = split_id(id)?;
         if kind != KIND_FEATURE {
             return None;
@@ -196,6 +409,14 @@ impl World {
 
     /// The sequence with this id at `epoch` (all of its surviving images, in capture order).
     pub fn sequence(&self, id: &str, epoch: u32) -> Option<SimSequence> {
+        if fixture().is_some_and(|f| f.sequence_ids.contains(id)) {
+            let tw = self.fixture_tile()?;
+            return tw
+                .sequences
+                .binary_search_by(|s| s.id.as_str().cmp(id))
+                .ok()
+                .map(|i| tw.sequences[i].clone());
+        }
         let (tile, kind, index) = parse_sequence_id(self.seed, id)?;
         if kind == SEQ_EDGE {
             let (attrs, imgs) = edge_sequence(self.seed, tile, u8::try_from(index).ok()?, epoch)?;
@@ -208,6 +429,9 @@ impl World {
 
     /// The user with this id, if it is one of the world's creators.
     pub fn user(&self, id: i64) -> Option<SimUser> {
+        if is_fixture_image(id) {
+            return None;
+        }
         let (kind, _, local) = split_id(id)?;
         let plain = id == user_id(local - 1);
         (kind == KIND_USER && plain && (1..=USERS).contains(&local))
@@ -217,8 +441,7 @@ impl World {
     /// The detections in an image, or `None` if the image does not exist.
     pub fn detections_of_image(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
         self.image(id, epoch)?;
-        let (_, tile, _) = split_id(id)?;
-        let tw = self.tile(tile, epoch);
+        let tw = if is_fixture_image(id) { self.fixture_tile()? } else { self.tile(split_id(id)?.1, epoch) };
         let start = tw.detections.partition_point(|d| d.image_id < id);
         Some(tw.detections[start..].iter().take_while(|d| d.image_id == id).cloned().collect())
     }
@@ -289,6 +512,7 @@ const P_SEQ_ID: u64 = 14;
 const P_EDGE: u64 = 15;
 const P_PLAZA: u64 = 16;
 const P_USER: u64 = 17;
+const P_FIXTURE: u64 = 18;
 
 // ---------------------------------------------------------------------------------------------
 // Ids: kind (3 bits) | x (14) | y (14) | local (22) — below 2^53, positive, and decodable.
@@ -712,6 +936,10 @@ fn make_image(
     epoch: u32,
 ) -> Option<SimImage> {
     let id = make_id(KIND_IMAGE, tile, local);
+    // Ids are unique across the world: a synthetic image never takes a real fixture image's id.
+    if is_fixture_image(id) {
+        return None;
+    }
     let mut rng = Rng(hash(seed, &[P_IMG, id as u64]));
     let (x, y) = (sp.x + 3.0 * rng.gauss(), sp.y + 3.0 * rng.gauss());
     if !frame.inside(x, y) {
@@ -804,6 +1032,10 @@ struct EdgeImage {
 /// neighbour computes its arrivals without generating this tile.
 fn edge_sequence(seed: u64, tile: TileId, edge: u8, epoch: u32) -> Option<(SeqAttrs, Vec<EdgeImage>)> {
     let nb = neighbour(tile, edge)?;
+    // The fixture tile is a static real snapshot: no synthetic drives cross into or out of it.
+    if (tile == FIXTURE_TILE || nb == FIXTURE_TILE) && fixture().is_some() {
+        return None;
+    }
     if density(seed, tile) < 100 {
         return None;
     }
@@ -1208,7 +1440,8 @@ mod tests {
         assert!(tw.features.iter().any(|f| f.kind == FeatureKind::Point));
         assert!(tw.features.iter().any(|f| f.kind == FeatureKind::TrafficSign));
         assert!(w.image(12345, 0).is_none());
-        assert!(w.sequence("feL24LE73P_5h95xjtvLqQ", 0).is_none());
+        // A real-looking id the world did not make (the fixture's ids are checked separately).
+        assert!(w.sequence("7nfcwfvjdtphz7yj6zat6a", 0).is_none());
         assert!(w.user(12345).is_none());
     }
 
@@ -1281,6 +1514,98 @@ mod tests {
         assert_eq!(neighbour(t, 1), Some(TileId { z: 14, x: 0, y: 9000 }));
         assert_eq!(neighbour(TileId { z: 14, x: 0, y: 9000 }, 3), Some(t));
         assert_eq!(neighbour(TileId { z: 14, x: 5, y: 0 }, 0), None);
+    }
+
+    #[test]
+    fn fixture_tile_is_real_static_and_consistent() {
+        let Some(fx) = fixture() else { panic!("fixture tile not found at {}", fixture_path().display()) };
+        let real = std::fs::read(fixture_path()).expect("fixture");
+        let w = World::new(9);
+        for epoch in [0, 1, 17] {
+            let tw = w.tile(FIXTURE_TILE, epoch);
+            assert_eq!(encode_tile(&tw, Tileset::Public), real, "epoch {epoch}");
+            assert!(encode_tile(&tw, Tileset::FeaturePoint).is_empty());
+            assert!(encode_tile(&tw, Tileset::FeatureTrafficSign).is_empty());
+        }
+        assert_eq!(*w.tile(FIXTURE_TILE, 0), *w.tile(FIXTURE_TILE, 30));
+        let tw = w.tile(FIXTURE_TILE, 0);
+        assert_eq!(tw.images.len(), 3012);
+        // The real tile's images name 66 sequences; its `sequence` layer draws only the 51 with more
+        // than 3 images here (shorter ones are left out), so the world's sequences follow the images.
+        let img_seqs: HashSet<&str> =
+            fx.decoded.images.iter().filter_map(|i| i.sequence_id.as_deref()).collect();
+        assert_eq!(img_seqs.len(), 66);
+        assert_eq!(fx.decoded.sequences.len(), 51);
+        assert_eq!(tw.sequences.iter().map(|s| s.id.as_str()).collect::<HashSet<_>>(), img_seqs);
+        assert_eq!(w.expected_images(FIXTURE_TILE), 3012);
+        // Every decoded tile image is a world image at the decoded position with the tile's attributes.
+        for ti in &fx.decoded.images {
+            let img = w.image(ti.id.0, 5).expect("fixture image by id");
+            assert_eq!((img.lon, img.lat), (ti.lon, ti.lat));
+            assert_eq!(Some(img.captured_at_ms), ti.captured_at_ms);
+            assert_eq!(Some(img.compass_angle), ti.compass_angle);
+            assert_eq!(Some(img.is_pano), ti.is_pano);
+            assert_eq!(ti.sequence_id.as_deref(), Some(img.sequence_id.as_str()));
+            let (cl, ca) = img.computed.expect("computed");
+            assert!((cl - img.lon).abs() < 5e-5 && (ca - img.lat).abs() < 5e-5);
+            assert!(FIXTURE_TILE.bounds().contains(cl, ca));
+            assert_eq!(w.user(img.creator_id).map(|u| u.username), Some(img.creator_username.clone()));
+            assert_eq!(w.detections_of_image(img.id, 0), Some(Vec::new()));
+            assert!(w.map_feature(img.id, 0).is_none() && w.user(img.id).is_none());
+        }
+        let seq = w.sequence("feL24LE73P_5h95xjtvLqQ", 3).expect("fixture sequence");
+        assert_eq!(seq.image_ids.len(), 62);
+        assert_eq!(seq.image_ids[0], 272_743_017_840_261);
+        let times: Vec<(i64, i64)> =
+            seq.image_ids.iter().map(|id| (w.image(*id, 0).expect("image").captured_at_ms, *id)).collect();
+        assert!(times.windows(2).all(|p| p[0] < p[1]), "capture order");
+        for s in &tw.sequences {
+            assert_eq!(w.sequence(&s.id, 0).as_ref(), Some(s));
+            let creators: HashSet<i64> =
+                s.image_ids.iter().map(|i| w.image(*i, 0).expect("image").creator_id).collect();
+            assert_eq!(creators.len(), 1, "one creator per sequence");
+        }
+        // The computed tileset draws the same images and sequences from the world.
+        let computed = crate::mvt::decode_tile(
+            Tileset::ComputedPublic,
+            FIXTURE_TILE,
+            &encode_tile(&tw, Tileset::ComputedPublic),
+        )
+        .expect("computed tile decodes");
+        let ids: HashSet<i64> = computed.images.iter().map(|i| i.id.0).collect();
+        assert_eq!(ids, fx.image_ids);
+        let drawn: HashSet<&str> = computed.sequences.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(drawn, img_seqs);
+    }
+
+    #[test]
+    fn fixture_ids_never_resolve_to_synthetic_records() {
+        let Some(fx) = fixture() else { panic!("fixture tile not found at {}", fixture_path().display()) };
+        let w = World::new(1);
+        let mut far_tiles: HashSet<TileId> = HashSet::new();
+        for id in &fx.image_ids {
+            // What the synthetic scheme would make of the id: it must not be one of its records.
+            if let Some((kind, tile, _)) = split_id(*id) {
+                assert_ne!(tile, FIXTURE_TILE);
+                if kind == KIND_IMAGE {
+                    far_tiles.insert(tile);
+                }
+            }
+        }
+        for t in far_tiles.iter().take(20) {
+            let tw = w.tile(*t, 0);
+            assert!(tw.images.iter().all(|i| !fx.image_ids.contains(&i.id)), "tile {t}");
+        }
+        // Neighbours keep no drive that crosses into the static fixture tile.
+        for edge in 0..4u8 {
+            let nb = neighbour(FIXTURE_TILE, edge).expect("neighbour");
+            assert!(edge_sequence(1, nb, (edge + 2) % 4, 40).is_none());
+            let tw = w.tile(nb, 40);
+            assert!(tw.images.iter().all(|i| !FIXTURE_TILE.bounds().contains(i.lon, i.lat) || {
+                let (px, py) = FIXTURE_TILE.lonlat_to_pixel(i.lon, i.lat, crate::tiles::EXTENT);
+                px <= 0.0 || py <= 0.0 || px >= 4096.0 || py >= 4096.0
+            }));
+        }
     }
 
     #[test]
