@@ -1,0 +1,9 @@
+//! Arbitrary text as a detection geometry (base64 MVT): Ok or Err, never panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = mly_harvest::mvt::decode_detection(s);
+    }
+});

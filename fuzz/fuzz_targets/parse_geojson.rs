@@ -1,0 +1,9 @@
+//! Arbitrary text as a region GeoJSON: Ok or Err, never panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = mly_harvest::region::parse_geojson(s);
+    }
+});
