@@ -5,30 +5,9 @@ mod common;
 use common::*;
 
 use std::collections::BTreeSet;
-use std::process::Output;
 
 /// Two suburban Malmö tiles (14/8785/5134 and 14/8786/5134), a few thousand images each.
 const SUBURB: &str = "13.035,55.595,13.06,55.600";
-
-fn env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("DATABASE_URL", db),
-        ("MLY_MAPILLARY__GRAPH_URL", sim.url.as_str()),
-        ("MLY_MAPILLARY__TILES_URL", sim.url.as_str()),
-        ("MAPILLARY_ACCESS_TOKEN", SIM_TOKEN),
-    ]
-}
-
-fn ok(o: &Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "sync failed ({:?}): {out}\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
 
 fn set(db: &str, sql: &str) -> BTreeSet<String> {
     psql(db, sql).lines().map(str::to_string).collect()
@@ -71,18 +50,18 @@ fn delta(a: &serde_json::Value, b: &serde_json::Value, k: &str) -> u64 {
 fn resync_after_an_epoch_equals_a_fresh_harvest_and_keeps_deletions() {
     let db = fresh_db("resync");
     let epoch0 = Sim::start(&["--epoch", "0"]);
-    ok(&run(&["sync", SUBURB], &env(&epoch0, &db)));
+    sync_ok(&run(&["sync", SUBURB], &harvest_env(&epoch0, &db)));
     let ids0 = set(&db, "SELECT id FROM mapillary.images_live");
     let feats0 = set(&db, "SELECT id FROM mapillary.map_features_live");
     drop(epoch0);
 
     let epoch1 = Sim::start(&["--epoch", "1"]);
     let before = epoch1.stats();
-    let out = ok(&run(&["sync", SUBURB], &env(&epoch1, &db)));
+    let out = sync_ok(&run(&["sync", SUBURB], &harvest_env(&epoch1, &db)));
     let after = epoch1.stats();
 
     let fresh = fresh_db("resync_fresh");
-    ok(&run(&["sync", SUBURB], &env(&epoch1, &fresh)));
+    sync_ok(&run(&["sync", SUBURB], &harvest_env(&epoch1, &fresh)));
     for (i, (a, b)) in live(&db).iter().zip(live(&fresh)).enumerate() {
         let only_resync: Vec<_> = a.difference(&b).take(3).collect();
         let only_fresh: Vec<_> = b.difference(a).take(3).collect();
@@ -131,7 +110,7 @@ fn resync_after_an_epoch_equals_a_fresh_harvest_and_keeps_deletions() {
 fn daily_tile_budget_holds_across_processes_and_days() {
     let db = fresh_db("budget");
     let sim = Sim::start(&[]);
-    let mut e = env(&sim, &db);
+    let mut e = harvest_env(&sim, &db);
     e.push(("MLY_LIMITS__TILES_PER_DAY", "2"));
     e.push(("MLY_HARVEST__TILESETS", "mly1_public"));
     // Three tiles, two a day.
@@ -163,9 +142,9 @@ fn daily_tile_budget_holds_across_processes_and_days() {
 fn detections_are_decoded_to_pixels_and_linked() {
     let db = fresh_db("detections");
     let sim = Sim::start(&[]);
-    let mut e = env(&sim, &db);
+    let mut e = harvest_env(&sim, &db);
     e.push(("MLY_HARVEST__DETECTIONS", "true"));
-    ok(&run(&["sync", "13.06,55.595,13.07,55.600"], &e));
+    sync_ok(&run(&["sync", "13.06,55.595,13.07,55.600"], &e));
     let n: i64 = psql(&db, "SELECT count(*) FROM mapillary.detections").parse().unwrap();
     assert!(n > 0, "no detections stored");
     // Every decoded polygon lies within its image's pixel frame.

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mly_harvest::model::Tileset;
@@ -27,29 +27,6 @@ fn strip_region() -> (tempfile::TempDir, String) {
     std::fs::write(&path, STRIP_GEOJSON).unwrap();
     let p = path.to_str().unwrap().to_string();
     (dir, p)
-}
-
-fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("DATABASE_URL", db),
-        ("MLY_MAPILLARY__GRAPH_URL", sim.url.as_str()),
-        ("MLY_MAPILLARY__TILES_URL", sim.url.as_str()),
-        ("MAPILLARY_ACCESS_TOKEN", SIM_TOKEN),
-        ("MLY_HARVEST__LEASE_SECS", "30"),
-        ("MLY_MAPILLARY__TIMEOUT_SECS", "20"),
-    ]
-}
-
-fn ok(o: &Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "sync failed ({:?}): {}\n{}",
-        o.status.code(),
-        out,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
 }
 
 /// Decodes the simulator's tiles of a region: the world the database must hold.
@@ -102,24 +79,6 @@ fn ids(db: &str, sql: &str) -> BTreeSet<i64> {
     psql(db, sql).lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect()
 }
 
-/// A digest of every table's content (not the harvest timestamps), to compare two databases.
-fn checksum(db: &str) -> String {
-    psql(
-        db,
-        "SELECT md5(coalesce((SELECT string_agg(concat_ws('|', id, sequence_id, captured_at, compass_angle,
-              computed_compass_angle, is_pano, creator_id, creator_username, organization_id, camera_type,
-              make, model, width, height, altitude, computed_altitude, quality_score, ST_AsEWKT(geom),
-              ST_AsEWKT(computed_geom), tile_x, tile_y, tile_hash, deleted_at IS NULL, enriched_at IS NULL), ',' ORDER BY id)
-            FROM mapillary.images), '')
-          || coalesce((SELECT string_agg(concat_ws('|', id, ST_AsEWKT(geom), image_count, first_captured_at,
-              last_captured_at), ',' ORDER BY id) FROM mapillary.sequences), '')
-          || coalesce((SELECT string_agg(concat_ws('|', id, object_value, object_type, first_seen_at, last_seen_at,
-              aligned_direction, ST_AsEWKT(geom), deleted_at IS NULL), ',' ORDER BY id) FROM mapillary.map_features), '')
-          || coalesce((SELECT string_agg(map_feature_id || '-' || image_id, ',' ORDER BY map_feature_id, image_id)
-              FROM mapillary.map_feature_images), ''))",
-    )
-}
-
 #[test]
 fn sync_holds_exactly_the_simulated_world() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,7 +94,7 @@ fn sync_holds_exactly_the_simulated_world() {
     assert!(empty >= 1, "the strip needs empty tiles: {:?}", truth.per_tile_images);
 
     let before = sim.stats();
-    let out = ok(&run(&["sync", strip], &harvest_env(&sim, &db)));
+    let out = sync_ok(&run(&["sync", strip], &harvest_env(&sim, &db)));
     assert!(out.contains("Done"), "{out}");
     let after = sim.stats();
 
@@ -231,7 +190,7 @@ fn sync_holds_exactly_the_simulated_world() {
 
     // A second sync of the unchanged world costs one tile request per tile and no Graph call.
     let before = sim.stats();
-    ok(&run(&["sync", strip], &harvest_env(&sim, &db)));
+    sync_ok(&run(&["sync", strip], &harvest_env(&sim, &db)));
     let after = sim.stats();
     let d = |k: &str| after["requests"][k].as_u64().unwrap() - before["requests"][k].as_u64().unwrap();
     assert_eq!(d("tiles"), 3 * truth.tiles.len() as u64);
@@ -245,7 +204,7 @@ fn entity_and_search_limits_are_respected() {
     let mut env = harvest_env(&sim, &db);
     env.push(("MLY_LIMITS__ENTITY_PER_MINUTE", "600"));
     env.push(("MLY_LIMITS__SEARCH_PER_MINUTE", "300"));
-    ok(&run(&["sync", CORE], &env));
+    sync_ok(&run(&["sync", CORE], &env));
     let s = sim.stats();
     assert_eq!(s["throttled"].as_u64().unwrap(), 0, "{s}");
     assert!(s["max_per_minute"]["entity"].as_u64().unwrap() <= 600, "{s}");
@@ -277,7 +236,7 @@ fn sync_killed_after(sim: &Sim, db: &str, region: &str, after: Duration) -> bool
 fn sigkill_at_several_points_then_resume_gives_the_same_tables() {
     let sim = Sim::start(&[]);
     let clean = fresh_db("sync_clean");
-    ok(&run(&["sync", CORE], &harvest_env(&sim, &clean)));
+    sync_ok(&run(&["sync", CORE], &harvest_env(&sim, &clean)));
     let expected = checksum(&clean);
 
     let db = fresh_db("sync_killed");
@@ -287,7 +246,7 @@ fn sigkill_at_several_points_then_resume_gives_the_same_tables() {
             kills += 1;
         }
     }
-    let out = ok(&run(&["sync", CORE], &harvest_env(&sim, &db)));
+    let out = sync_ok(&run(&["sync", CORE], &harvest_env(&sim, &db)));
     assert!(kills >= 3, "only {kills} kills landed mid-run");
     assert!(out.contains("Done"), "{out}");
     assert_eq!(checksum(&db), expected, "tables differ from an uninterrupted run");

@@ -164,3 +164,46 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     }
     c.output().expect("mly-harvest runs")
 }
+
+/// Environment for `mly-harvest sync` against `sim`, writing into `db`.
+pub fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("DATABASE_URL", db),
+        ("MLY_MAPILLARY__GRAPH_URL", sim.url.as_str()),
+        ("MLY_MAPILLARY__TILES_URL", sim.url.as_str()),
+        ("MAPILLARY_ACCESS_TOKEN", SIM_TOKEN),
+        ("MLY_HARVEST__LEASE_SECS", "30"),
+        ("MLY_MAPILLARY__TIMEOUT_SECS", "20"),
+    ]
+}
+
+/// Asserts a successful run and returns its stdout (the summary).
+pub fn sync_ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "sync failed ({:?}): {}\n{}",
+        o.status.code(),
+        out,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A digest of every table's content (not the harvest timestamps), to compare two databases.
+pub fn checksum(db: &str) -> String {
+    psql(
+        db,
+        "SELECT md5(coalesce((SELECT string_agg(concat_ws('|', id, sequence_id, captured_at, compass_angle,
+              computed_compass_angle, is_pano, creator_id, creator_username, organization_id, camera_type,
+              make, model, width, height, altitude, computed_altitude, quality_score, ST_AsEWKT(geom),
+              ST_AsEWKT(computed_geom), tile_x, tile_y, tile_hash, deleted_at IS NULL, enriched_at IS NULL), ',' ORDER BY id)
+            FROM mapillary.images), '')
+          || coalesce((SELECT string_agg(concat_ws('|', id, ST_AsEWKT(geom), image_count, first_captured_at,
+              last_captured_at), ',' ORDER BY id) FROM mapillary.sequences), '')
+          || coalesce((SELECT string_agg(concat_ws('|', id, object_value, object_type, first_seen_at, last_seen_at,
+              aligned_direction, ST_AsEWKT(geom), deleted_at IS NULL), ',' ORDER BY id) FROM mapillary.map_features), '')
+          || coalesce((SELECT string_agg(map_feature_id || '-' || image_id, ',' ORDER BY map_feature_id, image_id)
+              FROM mapillary.map_feature_images), ''))",
+    )
+}
