@@ -213,16 +213,16 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             if tiles == 0 {
                 return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
             }
-            if tiles > MAX_TILES_PER_RUN {
-                return Err(CliError::Input(format!(
-                    "region {:?} covers {tiles} z14 tiles; one run takes at most {MAX_TILES_PER_RUN}: split the region into several",
-                    region.name
-                )));
-            }
             if tiles > cfg.harvest.max_tiles_without_confirm && !args.yes {
                 return Err(CliError::Input(format!(
                     "region {:?} covers {tiles} z14 tiles (more than harvest.max_tiles_without_confirm = {}); pass --yes to harvest it",
                     region.name, cfg.harvest.max_tiles_without_confirm
+                )));
+            }
+            if tiles > MAX_TILES_PER_RUN {
+                return Err(CliError::Input(format!(
+                    "region {:?} covers {tiles} z14 tiles; one run takes at most {MAX_TILES_PER_RUN}: split the region into several",
+                    region.name
                 )));
             }
             let store = connect(&cfg).await?;

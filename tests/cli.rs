@@ -200,3 +200,10 @@ fn ogr_conn(url: &str) -> String {
     }
     s
 }
+
+#[test]
+fn whole_world_with_yes_is_still_too_large_for_one_run() {
+    let o =
+        run(&["sync", "-180,-85,180,85", "--yes"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")]);
+    assert_one_line_error(&o, 4, "split the region");
+}
