@@ -110,6 +110,12 @@ ON CONFLICT (id) DO UPDATE SET
     enriched_at = COALESCE(EXCLUDED.enriched_at, i.enriched_at),
     deleted_at = NULL";
 
+// $4 is unused for images; both statements take the same binds.
+const HAS_LIVE_IMAGES: &str = "SELECT EXISTS (SELECT 1 FROM images
+    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL AND $4::text IS NOT NULL)";
+const HAS_LIVE_FEATURES: &str = "SELECT EXISTS (SELECT 1 FROM map_features
+    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL)";
+
 const TOMBSTONE_IMAGES: &str = "
 WITH t AS (
     UPDATE images i SET deleted_at = now()
@@ -300,16 +306,28 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
         copy(conn, "COPY stage_feat FROM STDIN", &s.features, &ctx("staging map features")).await?;
         copy(conn, "COPY stage_link FROM STDIN", &s.links, &ctx("staging feature images")).await?;
         copy(conn, "COPY stage_det FROM STDIN", &s.detections, &ctx("staging detections")).await?;
-        // Temp tables have no statistics and no index: without both, the tombstone anti-join of a
-        // 30k-image tile became a 30k x 30k nested loop (42 s instead of milliseconds).
-        sqlx::raw_sql(
-            "CREATE INDEX ON stage_img (id); CREATE INDEX ON stage_feat (id); ANALYZE stage_img; ANALYZE stage_feat",
-        )
+        let coverage = w.tileset.is_coverage();
+        // A tile with no live rows yet (every tile of a first harvest) has nothing to tombstone: we
+        // hold its lease, and only this tile's own writes give rows its coordinates.
+        let had_live: bool = sqlx::query_scalar(if coverage { HAS_LIVE_IMAGES } else { HAS_LIVE_FEATURES })
+            .bind(z)
+            .bind(x)
+            .bind(y)
+            .bind(feature_kind(w.tileset).unwrap_or(""))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(query_err(ctx("checking for live rows")))?;
+        if had_live {
+            // Temp tables have no statistics and no index: without both, the tombstone anti-join of a
+            // 30k-image tile became a 30k x 30k nested loop (42 s instead of milliseconds).
+            sqlx::raw_sql(
+                "CREATE INDEX ON stage_img (id); CREATE INDEX ON stage_feat (id); ANALYZE stage_img; ANALYZE stage_feat",
+            )
             .execute(&mut *conn)
             .await
             .map_err(query_err(ctx("analyzing staging tables")))?;
+        }
 
-        let coverage = w.tileset.is_coverage();
         if !w.images.is_empty() {
             add(
                 &mut counts,
@@ -333,7 +351,7 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
                 .await
                 .map_err(query_err(ctx("collecting touched sequences")))?;
         }
-        if coverage {
+        if coverage && had_live {
             let deleted: i64 = sqlx::query_scalar(TOMBSTONE_IMAGES)
                 .bind(z)
                 .bind(x)
@@ -370,7 +388,7 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
                 .await
                 .map_err(query_err(ctx("linking feature images")))?;
         }
-        if let Some(kind) = feature_kind(w.tileset) {
+        if let Some(kind) = feature_kind(w.tileset).filter(|_| had_live) {
             let r = sqlx::query(TOMBSTONE_FEATURES)
                 .bind(z)
                 .bind(x)
