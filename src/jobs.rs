@@ -220,7 +220,7 @@ pub async fn start_or_resume(
             .await
             .map_err(q(format!("reopening run {id}")))?;
         tx.commit().await.map_err(q(format!("resuming run {id}")))?;
-        tracing::info!(run = id, retried_failed = retried, "resuming run");
+        tracing::debug!(run = id, retried_failed = retried, "resuming run");
         return Ok((RunId(id), true));
     }
 
@@ -274,7 +274,7 @@ pub async fn start_or_resume(
             .map_err(q("counting planned tiles"))?;
     }
     tx.commit().await.map_err(q(format!("committing the new run for region {region_name}")))?;
-    tracing::info!(run = id, tiles = tiles.len(), region = region_name, "started run");
+    tracing::debug!(run = id, tiles = tiles.len(), region = region_name, "started run");
     Ok((RunId(id), false))
 }
 
@@ -446,7 +446,7 @@ pub async fn finish(
     if updated.rows_affected() == 0 {
         return Err(JobsError::NoSuchRun(run));
     }
-    tracing::info!(run = run.0, status, total, done, failed, pending, "run finished");
+    tracing::debug!(run = run.0, status, total, done, failed, pending, "run finished");
     Ok(RunSummary { run, status: status.to_string(), total, done, failed, pending })
 }
 
