@@ -207,3 +207,22 @@ fn whole_world_with_yes_is_still_too_large_for_one_run() {
         run(&["sync", "-180,-85,180,85", "--yes"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")]);
     assert_one_line_error(&o, 4, "split the region");
 }
+
+#[test]
+fn migrate_without_rights_to_create_postgis_says_what_to_install() {
+    // A role that may create schemas but not the (untrusted) postgis extension reaches the same
+    // path as a server without the package.
+    let url = fresh_db("cli_nopostgis");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let role = format!("{db}_role");
+    psql(&admin_url(), &format!("DROP ROLE IF EXISTS {role}"));
+    psql(&admin_url(), &format!("CREATE ROLE {role} LOGIN"));
+    psql(&admin_url(), &format!("GRANT CREATE ON DATABASE {db} TO {role}"));
+    // Same host and database, the new role as the user (whatever user the admin URL has).
+    let after_scheme = url.split_once("://").unwrap().1;
+    let host_and_db = after_scheme.rsplit_once('@').map_or(after_scheme, |(_, h)| h);
+    let as_role = format!("postgres://{role}@{host_and_db}");
+    let o = run(&["migrate"], &[("DATABASE_URL", &as_role)]);
+    assert_one_line_error(&o, 5, "CREATE EXTENSION postgis");
+    assert!(stderr(&o).contains("postgresql-15-postgis-3"), "{}", stderr(&o));
+}
