@@ -10,6 +10,13 @@ if ! command -v ogrinfo >/dev/null; then
   as_root apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gdal-bin >&2
 fi
+# The cargo-fuzz targets (fuzz/) must keep compiling against the crate. Fuzzing itself needs the
+# sanitizer build (RUSTC_BOOTSTRAP=1 cargo fuzz run ..., see README "Reliability"); CI type-checks them.
+# MLY_SKIP_FUZZ_CHECK=1 skips this for quick local runs.
+if [ -z "${MLY_SKIP_FUZZ_CHECK:-}" ]; then
+  echo "test.sh: checking the fuzz targets" >&2
+  CARGO_TARGET_DIR="$PWD/target" cargo check -q --manifest-path fuzz/Cargo.toml --bins
+fi
 DATABASE_URL=$(scripts/pg.sh)
 export DATABASE_URL
 if cargo nextest --version >/dev/null 2>&1; then
