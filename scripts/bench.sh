@@ -10,7 +10,7 @@
 #   3 limits - low simulator limits (search 300/min, entity 600/min): achieved rate and throttling
 #   4 memory - peak RSS of coverage-only syncs of a ~50-tile and a ~5,000-tile sparse region
 #   5 decode - MVT decode throughput on the real fixture tiles vs a plain protobuf parse
-# Regions can be overridden: BENCH_LOAD_REGION, BENCH_API_REGION, BENCH_LIMITS_REGION,
+# Regions can be overridden: BENCH_LOAD_REGION, BENCH_API_REGION, BENCH_LIMITS_REGION, BENCH_LIMITS_ENTITY_REGION,
 # BENCH_MEM_SMALL, BENCH_MEM_LARGE. --quick shrinks every region (a smoke run of the script).
 # Needs: cargo, psql, curl, jq, /usr/bin/time. Uses DATABASE_URL as admin URL when set, else
 # scripts/pg.sh starts a throwaway cluster. Creates and drops databases named mly_bench_*.
@@ -37,6 +37,7 @@ if [ "$QUICK" = 1 ]; then
   LOAD_REGION=${BENCH_LOAD_REGION:-12.99,55.595,13.03,55.600}
   API_REGION=${BENCH_API_REGION:-12.99,55.595,13.03,55.600}
   LIMITS_REGION=${BENCH_LIMITS_REGION:-13.03,55.56,13.07,55.58}
+  LIMITS_ENTITY_REGION=${BENCH_LIMITS_ENTITY_REGION:-13.035,55.595,13.04,55.5955}
   MEM_SMALL=${BENCH_MEM_SMALL:-14.45,56.48,14.55,56.52}
   MEM_LARGE=${BENCH_MEM_LARGE:-14.3,56.4,14.7,56.6}
 else
@@ -44,7 +45,11 @@ else
   LOAD_REGION=${BENCH_LOAD_REGION:-12.85,55.52,13.15,55.68}
   # The dense core tile and a neighbour.
   API_REGION=${BENCH_API_REGION:-12.99,55.595,13.03,55.600}
-  LIMITS_REGION=${BENCH_LIMITS_REGION:-13.03,55.55,13.10,55.58}
+  # Search-bound: central Malmö (~35 tiles, ~250k images) needs several hundred bbox searches,
+  # more than a minute's worth at 300/min. Entity-bound: the dense core tile with detections on
+  # (one multi-id call per 50 images: ~690 calls, more than a minute's worth at 600/min).
+  LIMITS_REGION=${BENCH_LIMITS_REGION:-12.92,55.56,13.08,55.64}
+  LIMITS_ENTITY_REGION=${BENCH_LIMITS_ENTITY_REGION:-12.99,55.595,12.995,55.5955}
   # Sparse countryside around 14.5,56.5: ~50 and ~5,000 z14 tiles.
   MEM_SMALL=${BENCH_MEM_SMALL:-14.40,56.47,14.58,56.53}
   MEM_LARGE=${BENCH_MEM_LARGE:-13.40,56.21,15.62,56.81}
@@ -218,14 +223,20 @@ put api "$(jq -n --arg region "$API_REGION" --argjson f "$FIRST" --argjson r "$R
 psql "$ADMIN" -qXc "DROP DATABASE mly_bench_api WITH (FORCE)" >/dev/null
 
 ###############################################################################################
-log "3/5 limits: $LIMITS_REGION with search $LIMIT_SEARCH/min, entity $LIMIT_ENTITY/min"
+log "3/5 limits: $LIMITS_REGION (search-bound) and $LIMITS_ENTITY_REGION with detections (entity-bound), search $LIMIT_SEARCH/min, entity $LIMIT_ENTITY/min"
 DB=$(fresh_db mly_bench_limits)
 start_sim --tiles-per-day 100000000 --search-per-minute "$LIMIT_SEARCH" --entity-per-minute "$LIMIT_ENTITY"
 sync_run "$DB" "$LIMITS_REGION" limits MLY_LIMITS__SEARCH_PER_MINUTE="$LIMIT_SEARCH" \
-  MLY_LIMITS__ENTITY_PER_MINUTE="$LIMIT_ENTITY"
+  MLY_LIMITS__ENTITY_PER_MINUTE="$LIMIT_ENTITY" MLY_HARVEST__TILESETS=mly1_public
+LIMITS_SEARCH_WALL=$WALL
+DB2=$(fresh_db mly_bench_limits_entity)
+sync_run "$DB2" "$LIMITS_ENTITY_REGION" limits_entity MLY_LIMITS__SEARCH_PER_MINUTE="$LIMIT_SEARCH" \
+  MLY_LIMITS__ENTITY_PER_MINUTE="$LIMIT_ENTITY" MLY_HARVEST__TILESETS=mly1_public MLY_HARVEST__DETECTIONS=true
+WALL=$(awk -v a="$LIMITS_SEARCH_WALL" -v b="$WALL" 'BEGIN { printf "%.3f\n", a + b }')
+psql "$ADMIN" -qXc "DROP DATABASE mly_bench_limits_entity WITH (FORCE)" >/dev/null
 S=$(stats)
 stop_sim
-put limits "$(jq -n --arg region "$LIMITS_REGION" --argjson s "$S" --argjson wall "$WALL" \
+put limits "$(jq -n --arg region "$LIMITS_REGION + $LIMITS_ENTITY_REGION" --argjson s "$S" --argjson wall "$WALL" \
   --argjson ls "$LIMIT_SEARCH" --argjson le "$LIMIT_ENTITY" '
   {region: $region, wall_s: $wall, search_limit_per_min: $ls, entity_limit_per_min: $le,
    search_calls: $s.requests.search, entity_calls: $s.requests.entity,
