@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use tokio::task::JoinSet;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{ApiClient, ApiCounters, ApiError, ApiSettings, TileResponse};
 use crate::cli::exit;
@@ -205,6 +205,8 @@ struct Ctx {
     counters: Counters,
     /// Set when the run must stop claiming (signal, token refused, budget spent).
     stop: AtomicBool,
+    /// Rows written when the tables were last analyzed (see `analyze_when_grown`).
+    analyzed_at: AtomicU64,
 }
 
 /// What one tile's processing ended in.
@@ -272,6 +274,7 @@ pub async fn sync(
             refresh_before,
             counters: Counters::default(),
             stop: AtomicBool::new(false),
+            analyzed_at: AtomicU64::new(0),
         });
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
         jobs::release(store, run, &ctx.owner).await?;
@@ -593,7 +596,28 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     ctx.counters.changed.fetch_add(counts.changed, Ordering::Relaxed);
     ctx.counters.deleted.fetch_add(counts.deleted, Ordering::Relaxed);
     ctx.counters.tiles_done.fetch_add(1, Ordering::Relaxed);
+    analyze_when_grown(ctx).await;
     Ok(TileEnd::Written)
+}
+
+/// Rows written before the first statistics refresh.
+const ANALYZE_FIRST_AT: u64 = 20_000;
+
+/// Refreshes planner statistics each time the rows this process wrote have doubled since the
+/// last refresh: a handful of cheap ANALYZEs per bulk load keep every per-tile plan right.
+async fn analyze_when_grown(ctx: &Ctx) {
+    let written = ctx.counters.new.load(Ordering::Relaxed);
+    let last = ctx.analyzed_at.load(Ordering::Relaxed);
+    if written < ANALYZE_FIRST_AT || written < 2 * last {
+        return;
+    }
+    // One worker wins the refresh; the others carry on.
+    if ctx.analyzed_at.compare_exchange(last, written, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        match ctx.store.analyze().await {
+            Ok(()) => debug!(rows = written, "planner statistics refreshed"),
+            Err(e) => warn!(error = %e, "could not refresh planner statistics"),
+        }
+    }
 }
 
 fn empty_write(ctx: &Ctx, c: &Claimed, etag: Option<String>, unchanged: bool) -> TileWrite {

@@ -335,6 +335,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Refreshes the planner statistics of the data tables. A bulk load outgrows them long before
+    /// autovacuum notices, and plans made for a near-empty `images` (e.g. reading every live row to
+    /// rebuild a few sequences) then cost seconds per tile.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql("ANALYZE images; ANALYZE map_features; ANALYZE sequences")
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query { context: "analyzing the data tables".into(), source })?;
+        Ok(())
+    }
+
     /// Links detections to the map feature seen in the same image with the same value (the API
     /// documents no feature field on detections; the feature's `images` edge gives the pairing).
     /// Set-based, idempotent, and run once per sync after all tiles are written.

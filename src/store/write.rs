@@ -60,7 +60,8 @@ LEFT JOIN map_features f ON f.id = s.id";
 /// Sequences whose geometry may change: the ones written images belong to now and belonged to before.
 const TOUCH_SEQUENCES: &str = "
 INSERT INTO touched_seq (id)
-SELECT i.sequence_id FROM images i JOIN stage_img s ON s.id = i.id WHERE i.sequence_id IS NOT NULL
+SELECT i.sequence_id FROM images i
+WHERE i.id = ANY(ARRAY(SELECT id FROM stage_img)) AND i.sequence_id IS NOT NULL
 UNION SELECT seq FROM stage_img WHERE seq IS NOT NULL
 UNION SELECT id FROM stage_seq";
 
@@ -130,14 +131,18 @@ SELECT count(*) FROM t";
 /// Rebuilds every touched sequence from its live images: ordered by capture time then id, a new
 /// line part wherever consecutive images are more than 150 m apart; parts of one image are dropped
 /// (a one-point line is invalid), so a sequence of isolated images has a NULL geometry.
+// `= ANY(ARRAY(...))` rather than a join with the temp tables: temp tables have no statistics, and
+// the planner's default guess (about 1,400 rows) made it read every live image for each tile
+// (seconds per tile once `images` holds a few hundred thousand rows); an array lookup is always
+// an index scan on images_sequence_idx / the primary key.
 const REBUILD_SEQUENCES: &str = "
 WITH ids AS (SELECT DISTINCT id FROM touched_seq),
 pts AS (
     SELECT i.sequence_id AS sid, i.id, i.captured_at, i.geom, i.is_pano, i.creator_id, i.organization_id,
            CASE WHEN lag(i.geom) OVER w IS NULL OR ST_DistanceSphere(lag(i.geom) OVER w, i.geom) > 150
                 THEN 1 ELSE 0 END AS brk
-    FROM images i JOIN ids ON ids.id = i.sequence_id
-    WHERE i.deleted_at IS NULL
+    FROM images i
+    WHERE i.sequence_id = ANY(ARRAY(SELECT id FROM ids)) AND i.deleted_at IS NULL
     WINDOW w AS (PARTITION BY i.sequence_id ORDER BY i.captured_at NULLS LAST, i.id)
 ),
 numbered AS (
