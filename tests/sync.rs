@@ -241,8 +241,8 @@ fn sigkill_at_several_points_then_resume_gives_the_same_tables() {
 
     let db = fresh_db("sync_killed");
     // Seeded random kill points over the run's whole span (tile fetch, enrichment, COPY, upsert);
-    // MLY_TEST_SEED replays a failure.
-    let seed: u64 = std::env::var("MLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261123);
+    // SYNC_KILL_SEED replays a failure.
+    let seed: u64 = std::env::var("SYNC_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261123);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut points: Vec<u64> = (0..7).map(|_| rng.u64(100..3500)).collect();
     points.sort_unstable();
