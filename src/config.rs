@@ -206,8 +206,13 @@ impl Config {
         if let Some(u) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
             b = b.set_override("database.url", u.as_str()).map_err(invalid)?;
         }
-        let mly: config::Map<String, String> =
-            env.iter().filter(|(k, _)| k.starts_with("MLY_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Only MLY_<SECTION>__<KEY> names are config keys (and an unknown one is an error); other
+        // MLY_ variables (MLY_LOG, MLY_CONFIG, the scripts' MLY_PGPORT, ...) are not ours to judge.
+        let mly: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.strip_prefix("MLY_").is_some_and(|rest| rest.contains("__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         b = b.add_source(
             config::Environment::with_prefix("MLY")
                 .prefix_separator("_")
@@ -367,6 +372,23 @@ mod tests {
         assert!(e.contains("concurency"), "{e}");
         let e = Config::load(None, &env(&[("MLY_LIMITS__BOGUS", "1")])).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn other_mly_variables_are_not_config_keys() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("MLY_LOG", "debug"),
+                ("MLY_CONFIG", "x.toml"),
+                ("MLY_PGPORT", "54339"),
+                ("MLY_LIMITS__CONCURRENCY", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.concurrency, 2);
+        let e = Config::load(None, &env(&[("MLY_LIMITZ__CONCURRENCY", "2")])).unwrap_err().to_string();
+        assert!(e.contains("limitz"), "{e}");
     }
 
     #[test]
