@@ -187,20 +187,6 @@ fn migrate_then_ogrinfo_lists_layers_in_4326() {
     }
 }
 
-/// GDAL's connection string for a postgres:// URL (user[:pw]@host:port/db).
-fn ogr_conn(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    let (auth, hostdb) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
-    let (user, pw) = auth.split_once(':').unwrap_or((auth, ""));
-    let (hostport, db) = hostdb.split_once('/').unwrap();
-    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
-    let mut s = format!("PG:host={host} port={port} user={user} dbname={db}");
-    if !pw.is_empty() {
-        s += &format!(" password={pw}");
-    }
-    s
-}
-
 #[test]
 fn whole_world_with_yes_is_still_too_large_for_one_run() {
     let o =

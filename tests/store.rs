@@ -14,7 +14,7 @@ use mly_harvest::model::{
 use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite};
 use mly_harvest::tiles::TileId;
 
-use common::psql;
+use common::{ogr_conn, psql};
 
 /// Zurich, the tile of the real 2021 Vespucci fixture.
 const T1: TileId = TileId { z: 14, x: 8574, y: 5735 };
@@ -166,14 +166,13 @@ async fn migrate_is_idempotent_and_schema_is_configurable() {
 #[tokio::test]
 async fn ogrinfo_sees_typed_layers() {
     let (_store, url) = migrated("ogr").await;
-    let dbname = url.rsplit('/').next().unwrap();
     for (layer, geom) in [
         ("images", "Point"),
         ("sequences", "Multi Line String"),
         ("map_features", "Point"),
         ("images_live", "Point"),
     ] {
-        let conn = format!("PG:host=localhost port=54329 user=postgres dbname={dbname}");
+        let conn = ogr_conn(&url);
         let out = std::process::Command::new("ogrinfo")
             .args(["-ro", "-so", &conn, &format!("mapillary.{layer}")])
             .output()

@@ -207,3 +207,17 @@ pub fn checksum(db: &str) -> String {
               FROM mapillary.map_feature_images), ''))",
     )
 }
+
+/// GDAL's connection string for a postgres:// URL (user[:pw]@host:port/db).
+pub fn ogr_conn(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let (auth, hostdb) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
+    let (user, pw) = auth.split_once(':').unwrap_or((auth, ""));
+    let (hostport, db) = hostdb.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let mut s = format!("PG:host={host} port={port} user={user} dbname={db}");
+    if !pw.is_empty() {
+        s += &format!(" password={pw}");
+    }
+    s
+}
