@@ -103,9 +103,8 @@ pub fn image_json(
     f: &Fields,
     now_s: i64,
 ) -> Result<Value, UnknownField> {
-    let mut m = Map::new();
-    for name in f.names() {
-        let v = match name {
+    object(f, |name| {
+        Ok(match name {
             "id" => Some(Value::String(img.id.to_string())),
             "altitude" => Some(json!(img.altitude)),
             "atomic_scale" => Some(json!(img.atomic_scale)),
@@ -145,12 +144,8 @@ pub fn image_json(
                 Some(detections_json(world, epoch, &dets, &sub)?)
             }
             other => return Err(UnknownField { field: other.to_string(), node: "Image" }),
-        };
-        if let Some(v) = v {
-            m.insert(name.to_string(), v);
-        }
-    }
-    Ok(Value::Object(m))
+        })
+    })
 }
 
 /// Renders one map feature with the requested fields.
@@ -161,9 +156,8 @@ pub fn feature_json(
     f: &Fields,
     now_s: i64,
 ) -> Result<Value, UnknownField> {
-    let mut m = Map::new();
-    for name in f.names() {
-        let v = match name {
+    object(f, |name| {
+        Ok(match name {
             "id" => Some(Value::String(feat.id.to_string())),
             "aligned_direction" => Some(json!(feat.aligned_direction)),
             "first_seen_at" => iso(feat.first_seen_at_ms).map(Value::String),
@@ -193,24 +187,30 @@ pub fn feature_json(
                 Some(detections_json(world, epoch, &dets, &sub)?)
             }
             other => return Err(UnknownField { field: other.to_string(), node: "MapFeature" }),
-        };
-        if let Some(v) = v {
-            m.insert(name.to_string(), v);
-        }
-    }
-    Ok(Value::Object(m))
+        })
+    })
 }
 
 /// Renders one user.
 pub fn user_json(user: &SimUser, f: &Fields) -> Result<Value, UnknownField> {
+    object(f, |name| match name {
+        "id" => Ok(Some(json!(user.id.to_string()))),
+        "username" => Ok(Some(json!(user.username))),
+        other => Err(UnknownField { field: other.to_string(), node: "User" }),
+    })
+}
+
+/// An object of the requested fields, in request order: `field` renders one (`None` when the
+/// record has no value, which the API omits rather than sending null) or rejects an unknown name.
+fn object(
+    f: &Fields,
+    mut field: impl FnMut(&str) -> Result<Option<Value>, UnknownField>,
+) -> Result<Value, UnknownField> {
     let mut m = Map::new();
     for name in f.names() {
-        let v = match name {
-            "id" => json!(user.id.to_string()),
-            "username" => json!(user.username),
-            other => return Err(UnknownField { field: other.to_string(), node: "User" }),
-        };
-        m.insert(name.to_string(), v);
+        if let Some(v) = field(name)? {
+            m.insert(name.to_string(), v);
+        }
     }
     Ok(Value::Object(m))
 }
@@ -222,9 +222,8 @@ pub fn detection_json(
     d: &SimDetection,
     f: &Fields,
 ) -> Result<Value, UnknownField> {
-    let mut m = Map::new();
-    for name in f.names() {
-        let v = match name {
+    object(f, |name| {
+        Ok(match name {
             "id" => Some(json!(d.id.to_string())),
             "created_at" => iso(d.created_at_ms).map(Value::String),
             "geometry" => Some(json!(d.geometry_b64)),
@@ -235,12 +234,8 @@ pub fn detection_json(
             // Not in the captured payloads; offered so a client can link detections to features.
             "map_feature" => d.map_feature_id.map(|id| json!({"id": id.to_string()})),
             other => return Err(UnknownField { field: other.to_string(), node: "Detection" }),
-        };
-        if let Some(v) = v {
-            m.insert(name.to_string(), v);
-        }
-    }
-    Ok(Value::Object(m))
+        })
+    })
 }
 
 /// `{"data":[...]}` of detections.
