@@ -77,7 +77,7 @@ trap cleanup EXIT
 
 log "building (release)"
 cargo build --release -q --bin mly-harvest
-BIN=$ROOT/target/release/mly-harvest
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mly-harvest"
 
 ADMIN=$(scripts/pg.sh)
 BASE=${ADMIN%/*}

@@ -14,7 +14,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "demo: building mly-harvest" >&2
 cargo build -q
-BIN=target/debug/mly-harvest
+BIN="${CARGO_TARGET_DIR:-target}/debug/mly-harvest"
 
 SIMOUT=$(mktemp)
 "$BIN" simulate --listen 127.0.0.1:0 >"$SIMOUT" 2>&1 &
