@@ -528,67 +528,39 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         }
     };
     let mut w = empty_write(ctx, c, new_etag, false);
+    let enrich = ctx.cfg.harvest.enrich;
     if c.tileset.is_coverage() {
-        let known = known_for(ctx, &snapshot.live, decoded.images.iter().map(|i| i.id.0), true).await?;
-        let rows: Vec<(TileImage, i64)> = decoded
-            .images
-            .into_iter()
-            .map(|i| {
-                let h = image_hash(&i);
-                (i, h)
-            })
-            .collect();
-        let needed = needs(ctx, &rows.iter().map(|(i, h)| (i.id.0, *h)).collect::<Vec<_>>(), &known);
+        let d = diff(ctx, &snapshot.live, decoded.images, true).await?;
         let mut details = HashMap::new();
-        let mut new_ids = Vec::new();
-        if ctx.cfg.harvest.enrich && !needed.is_empty() {
-            let located: Vec<Located> =
-                rows.iter().map(|(i, _)| Located { id: i.id.0, lon: i.lon, lat: i.lat }).collect();
-            let e = enrich::images(&ctx.api, c.tile, &located, &needed).await?;
-            ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
-            ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
+        if enrich && !d.needed.is_empty() {
+            let e = enrich::images(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            tally(ctx, &e);
             details = e.details;
-            new_ids = needed.iter().copied().filter(|id| !known.contains_key(id)).collect::<Vec<_>>();
+            let new_ids: Vec<i64> = d.needed.iter().copied().filter(|id| !d.known.contains_key(id)).collect();
+            if ctx.cfg.harvest.detections && !new_ids.is_empty() {
+                w.detections = detections(ctx, &new_ids, &details).await?;
+            }
         }
-        if ctx.cfg.harvest.detections && !new_ids.is_empty() {
-            w.detections = detections(ctx, &new_ids, &details).await?;
-        }
-        ctx.counters.images.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        w.images = rows
+        ctx.counters.images.fetch_add(d.rows.len() as u64, Ordering::Relaxed);
+        w.images = d
+            .rows
             .into_iter()
-            .map(|(tile, tile_hash)| {
-                let details = details.remove(&tile.id.0);
-                ImageRow { tile, tile_hash, details }
-            })
+            .map(|(tile, tile_hash)| ImageRow { details: details.remove(&tile.id.0), tile, tile_hash })
             .collect();
         w.sequences = decoded.sequences;
     } else {
-        let known = known_for(ctx, &snapshot.live, decoded.features.iter().map(|f| f.id.0), false).await?;
-        let rows: Vec<(TileFeature, i64)> = decoded
-            .features
-            .into_iter()
-            .map(|f| {
-                let h = feature_hash(&f);
-                (f, h)
-            })
-            .collect();
-        let needed = needs(ctx, &rows.iter().map(|(f, h)| (f.id.0, *h)).collect::<Vec<_>>(), &known);
+        let d = diff(ctx, &snapshot.live, decoded.features, false).await?;
         let mut details = HashMap::new();
-        if ctx.cfg.harvest.enrich && !needed.is_empty() {
-            let located: Vec<Located> =
-                rows.iter().map(|(f, _)| Located { id: f.id.0, lon: f.lon, lat: f.lat }).collect();
-            let e = enrich::features(&ctx.api, c.tile, &located, &needed).await?;
-            ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
-            ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
+        if enrich && !d.needed.is_empty() {
+            let e = enrich::features(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            tally(ctx, &e);
             details = e.details;
         }
-        ctx.counters.features.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        w.features = rows
+        ctx.counters.features.fetch_add(d.rows.len() as u64, Ordering::Relaxed);
+        w.features = d
+            .rows
             .into_iter()
-            .map(|(tile, tile_hash)| {
-                let details = details.remove(&tile.id.0);
-                FeatureRow { tile, tile_hash, details }
-            })
+            .map(|(tile, tile_hash)| FeatureRow { details: details.remove(&tile.id.0), tile, tile_hash })
             .collect();
     }
     let counts: WriteCounts = ctx.store.write_tile(&w).await?;
@@ -635,16 +607,86 @@ fn empty_write(ctx: &Ctx, c: &Claimed, etag: Option<String>, unchanged: bool) ->
     }
 }
 
-/// What the database knows of the tile's ids: the tile's own live rows, plus rows elsewhere
-/// (records that moved in from another tile, or deleted ones coming back).
-async fn known_for(
+/// A record a tile lists, as the diff against the database sees it.
+trait TileRecord {
+    fn id(&self) -> i64;
+    /// A fingerprint of everything the tile says about the record (stored as `tile_hash`; its
+    /// format must not change, or every stored record would look changed).
+    fn fingerprint(&self) -> i64;
+    fn position(&self) -> (f64, f64);
+}
+
+impl TileRecord for TileImage {
+    fn id(&self) -> i64 {
+        self.id.0
+    }
+    fn fingerprint(&self) -> i64 {
+        let s = format!(
+            "{:.7}|{:.7}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.lon,
+            self.lat,
+            self.captured_at_ms,
+            self.compass_angle,
+            self.sequence_id,
+            self.is_pano,
+            self.organization_id,
+            self.creator_id
+        );
+        fnv1a(s.as_bytes()) as i64
+    }
+    fn position(&self) -> (f64, f64) {
+        (self.lon, self.lat)
+    }
+}
+
+impl TileRecord for TileFeature {
+    fn id(&self) -> i64 {
+        self.id.0
+    }
+    fn fingerprint(&self) -> i64 {
+        let s = format!(
+            "{:.7}|{:.7}|{:?}|{:?}|{:?}",
+            self.lon, self.lat, self.value, self.first_seen_at_ms, self.last_seen_at_ms
+        );
+        fnv1a(s.as_bytes()) as i64
+    }
+    fn position(&self) -> (f64, f64) {
+        (self.lon, self.lat)
+    }
+}
+
+/// A tile's records with their fingerprints, what the database knows of them, and the ids that
+/// need Graph enrichment.
+struct Diff<T> {
+    rows: Vec<(T, i64)>,
+    known: HashMap<i64, Known>,
+    needed: HashSet<i64>,
+}
+
+impl<T: TileRecord> Diff<T> {
+    /// The records' tile positions, for planning the enrichment calls.
+    fn located(&self) -> Vec<Located> {
+        self.rows
+            .iter()
+            .map(|(r, _)| {
+                let (lon, lat) = r.position();
+                Located { id: r.id(), lon, lat }
+            })
+            .collect()
+    }
+}
+
+/// Diffs a tile's records against the database: the tile's own live rows, plus rows elsewhere
+/// (records that moved in from another tile, or deleted ones coming back). A record needs
+/// enrichment when it is new, changed in the tile, revived, never enriched, or stale.
+async fn diff<T: TileRecord>(
     ctx: &Ctx,
     live: &HashMap<i64, Known>,
-    ids: impl Iterator<Item = i64>,
+    records: Vec<T>,
     images: bool,
-) -> Result<HashMap<i64, Known>, StoreError> {
+) -> Result<Diff<T>, StoreError> {
     let mut known: HashMap<i64, Known> = live.clone();
-    let others: Vec<i64> = ids.filter(|id| !live.contains_key(id)).collect();
+    let others: Vec<i64> = records.iter().map(T::id).filter(|id| !live.contains_key(id)).collect();
     if !others.is_empty() {
         let more = if images {
             ctx.store.known_images(&others).await?
@@ -653,13 +695,16 @@ async fn known_for(
         };
         known.extend(more);
     }
-    Ok(known)
-}
-
-/// Ids that need Graph enrichment: new, changed in the tile, revived, never enriched, or stale.
-fn needs(ctx: &Ctx, rows: &[(i64, i64)], known: &HashMap<i64, Known>) -> HashSet<i64> {
-    rows.iter()
-        .filter(|(id, hash)| match known.get(id) {
+    let rows: Vec<(T, i64)> = records
+        .into_iter()
+        .map(|r| {
+            let h = r.fingerprint();
+            (r, h)
+        })
+        .collect();
+    let needed = rows
+        .iter()
+        .filter(|(r, hash)| match known.get(&r.id()) {
             None => true,
             Some(k) => {
                 k.tile_hash != *hash
@@ -668,8 +713,15 @@ fn needs(ctx: &Ctx, rows: &[(i64, i64)], known: &HashMap<i64, Known>) -> HashSet
                     || ctx.refresh_before.is_some_and(|cut| k.enriched_at.is_some_and(|e| e < cut))
             }
         })
-        .map(|(id, _)| *id)
-        .collect()
+        .map(|(r, _)| r.id())
+        .collect();
+    Ok(Diff { rows, known, needed })
+}
+
+/// Counts what an enrichment found.
+fn tally<T>(ctx: &Ctx, e: &enrich::Enriched<T>) {
+    ctx.counters.enriched.fetch_add(e.details.len() as u64, Ordering::Relaxed);
+    ctx.counters.missing.fetch_add(e.missing.len() as u64, Ordering::Relaxed);
 }
 
 /// Detections of new images, decoded to pixel space with the image's size.
@@ -700,29 +752,6 @@ async fn detections(
         out.push(DetectionRow { det, pixel_geom_wkb });
     }
     Ok(out)
-}
-
-/// A fingerprint of everything the coverage tile says about an image.
-pub fn image_hash(i: &TileImage) -> i64 {
-    let s = format!(
-        "{:.7}|{:.7}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        i.lon,
-        i.lat,
-        i.captured_at_ms,
-        i.compass_angle,
-        i.sequence_id,
-        i.is_pano,
-        i.organization_id,
-        i.creator_id
-    );
-    fnv1a(s.as_bytes()) as i64
-}
-
-/// A fingerprint of everything the feature tile says about a map feature.
-pub fn feature_hash(f: &TileFeature) -> i64 {
-    let s =
-        format!("{:.7}|{:.7}|{:?}|{:?}|{:?}", f.lon, f.lat, f.value, f.first_seen_at_ms, f.last_seen_at_ms);
-    fnv1a(s.as_bytes()) as i64
 }
 
 /// SIGINT / SIGTERM, registered when created (not when first awaited).
