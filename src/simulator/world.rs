@@ -272,17 +272,21 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
         let cam = CAMERAS[camera];
         // Zürich-Höngg lies around 430 m above sea level.
         let altitude = ((430.0 + 5.0 * rng.gauss()) * 1000.0).round() / 1000.0;
+        // Draws in the order the Graph fields have always been drawn: the world must not change.
+        let computed_compass_angle = (compass_angle + 0.5 * rng.gauss()).rem_euclid(360.0);
+        let computed_altitude = altitude + 2.0 * rng.gauss();
+        let sfm = Reconstruction::draw(&mut rng, is_pano);
         images.push(SimImage {
             id,
             sequence_id: seq_id,
             captured_at_ms: ti.captured_at_ms.unwrap_or(0),
             compass_angle,
-            computed_compass_angle: (compass_angle + 0.5 * rng.gauss()).rem_euclid(360.0),
+            computed_compass_angle,
             lon: ti.lon,
             lat: ti.lat,
             computed,
             altitude,
-            computed_altitude: altitude + 2.0 * rng.gauss(),
+            computed_altitude,
             is_pano,
             creator_id,
             creator_username: username(seed, creator_id),
@@ -292,17 +296,13 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
             model: cam.2.to_string(),
             width: cam.3,
             height: cam.4,
-            quality_score: (rng.unit() < 0.9).then(|| rng.range(0.3, 1.0)),
-            atomic_scale: rng.range(0.9, 1.1),
-            camera_parameters: if is_pano {
-                Vec::new()
-            } else {
-                vec![rng.range(0.5, 1.0), rng.range(-0.1, 0.1) * 1e-3, rng.range(-0.1, 0.1) * 1e-3]
-            },
-            computed_rotation: [rng.range(-1.6, 1.6), rng.range(-0.05, 0.05), rng.range(-0.05, 0.05)],
-            exif_orientation: [1, 1, 1, 1, 1, 1, 3, 6][(rng.next() % 8) as usize],
+            quality_score: sfm.quality_score,
+            atomic_scale: sfm.atomic_scale,
+            camera_parameters: sfm.camera_parameters,
+            computed_rotation: sfm.computed_rotation,
+            exif_orientation: sfm.exif_orientation,
             merge_cc: hash(seed, &[P_IMG, u64::from(tile.x), u64::from(tile.y)]) >> 1,
-            has_mesh: rng.unit() < 0.85,
+            has_mesh: sfm.has_mesh,
         });
     }
     // Sequences: the tile's images of each, in capture order (ties by id).
@@ -473,6 +473,41 @@ fn hash(seed: u64, parts: &[u64]) -> u64 {
 /// A uniform number in [0, 1) from a hash.
 fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The reconstruction and camera fields the Graph API gives for an image and no tile shows.
+struct Reconstruction {
+    quality_score: Option<f64>,
+    atomic_scale: f64,
+    camera_parameters: Vec<f64>,
+    computed_rotation: [f64; 3],
+    exif_orientation: u8,
+    has_mesh: bool,
+}
+
+impl Reconstruction {
+    /// Draws them from the image's own random stream (the order of draws is part of the world).
+    fn draw(rng: &mut Rng, is_pano: bool) -> Reconstruction {
+        let quality_score = (rng.unit() < 0.9).then(|| rng.range(0.3, 1.0));
+        let atomic_scale = rng.range(0.9, 1.1);
+        // Spherical images have no perspective camera model.
+        let camera_parameters = if is_pano {
+            Vec::new()
+        } else {
+            vec![rng.range(0.5, 1.0), rng.range(-0.1, 0.1) * 1e-3, rng.range(-0.1, 0.1) * 1e-3]
+        };
+        let computed_rotation = [rng.range(-1.6, 1.6), rng.range(-0.05, 0.05), rng.range(-0.05, 0.05)];
+        let exif_orientation = [1, 1, 1, 1, 1, 1, 3, 6][(rng.next() % 8) as usize];
+        let has_mesh = rng.unit() < 0.85;
+        Reconstruction {
+            quality_score,
+            atomic_scale,
+            camera_parameters,
+            computed_rotation,
+            exif_orientation,
+            has_mesh,
+        }
+    }
 }
 
 /// A sequential stream for the inside of one record (a drive's turns), seeded by a stable key.
@@ -954,17 +989,22 @@ fn make_image(
     let cam = CAMERAS[seq.camera];
     let ground = 20.0 + 400.0 * unit(hash(seed, &[P_GRID, u64::from(tile.x >> 4), u64::from(tile.y >> 4)]));
     let altitude = ((ground + 5.0 * rng.gauss()) * 1000.0).round() / 1000.0;
+    // Draws in the order the Graph fields have always been drawn: the world must not change.
+    let compass_angle = ((sp.bearing + 4.0 * rng.gauss()).rem_euclid(360.0) * 100.0).round() / 100.0;
+    let computed_compass_angle = (sp.bearing + 0.5 * rng.gauss()).rem_euclid(360.0);
+    let computed_altitude = altitude + 2.0 * rng.gauss();
+    let sfm = Reconstruction::draw(&mut rng, seq.is_pano);
     Some(SimImage {
         id,
         sequence_id: seq.id.clone(),
         captured_at_ms,
-        compass_angle: ((sp.bearing + 4.0 * rng.gauss()).rem_euclid(360.0) * 100.0).round() / 100.0,
-        computed_compass_angle: (sp.bearing + 0.5 * rng.gauss()).rem_euclid(360.0),
+        compass_angle,
+        computed_compass_angle,
         lon,
         lat,
         computed,
         altitude,
-        computed_altitude: altitude + 2.0 * rng.gauss(),
+        computed_altitude,
         is_pano: seq.is_pano,
         creator_id: seq.creator_id,
         creator_username: username(seed, seq.creator_id),
@@ -974,17 +1014,13 @@ fn make_image(
         model: cam.2.to_string(),
         width: cam.3,
         height: cam.4,
-        quality_score: (rng.unit() < 0.9).then(|| rng.range(0.3, 1.0)),
-        atomic_scale: rng.range(0.9, 1.1),
-        camera_parameters: if seq.is_pano {
-            Vec::new()
-        } else {
-            vec![rng.range(0.5, 1.0), rng.range(-0.1, 0.1) * 1e-3, rng.range(-0.1, 0.1) * 1e-3]
-        },
-        computed_rotation: [rng.range(-1.6, 1.6), rng.range(-0.05, 0.05), rng.range(-0.05, 0.05)],
-        exif_orientation: [1, 1, 1, 1, 1, 1, 3, 6][(rng.next() % 8) as usize],
+        quality_score: sfm.quality_score,
+        atomic_scale: sfm.atomic_scale,
+        camera_parameters: sfm.camera_parameters,
+        computed_rotation: sfm.computed_rotation,
+        exif_orientation: sfm.exif_orientation,
         merge_cc: hash(seed, &[P_IMG, u64::from(tile.x), u64::from(tile.y)]) >> 1,
-        has_mesh: rng.unit() < 0.85,
+        has_mesh: sfm.has_mesh,
     })
 }
 
