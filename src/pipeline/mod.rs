@@ -32,6 +32,8 @@ use enrich::Located;
 
 /// A tile is given up (state `failed`) after this many attempts.
 const MAX_TILE_ATTEMPTS: i32 = 3;
+/// How often a process with nothing to claim checks on tiles other processes hold.
+const OTHERS_POLL: Duration = Duration::from_millis(500);
 /// A corrupt tile body is fetched again this many times before the attempt fails.
 const DECODE_RETRIES: u32 = 2;
 
@@ -374,13 +376,14 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 end = DriveEnd::Stopped;
             }
         }
-        if in_flight.is_empty() {
-            if stopping || room == 0 || allowed == 0 {
+        // Nothing in flight: finished, unless tiles are leased by another live process. Those are
+        // theirs to finish, but this process waits for them (a crashed owner's lease expires and
+        // is claimed here), so that two processes on one region both end with the finished run.
+        let waiting = in_flight.is_empty();
+        if waiting {
+            if stopping || allowed == 0 {
                 break;
             }
-            // Nothing claimable now; tiles leased by another live process are theirs to finish, but
-            // this process waits for them (a crashed owner's lease expires and is claimed here), so
-            // that two processes on one region both end with the finished run.
             let others = jobs::run_tiles(&ctx.store, ctx.run)
                 .await?
                 .iter()
@@ -388,23 +391,15 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
             if !others {
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                _ = signals.recv() => {
-                    warn!("interrupted: stopping; unfinished tiles resume on the next run");
-                    ctx.stop.store(true, Ordering::Relaxed);
-                    end = DriveEnd::Stopped;
-                    break;
-                }
-            }
         }
         tokio::select! {
-            joined = in_flight.join_next() => {
+            joined = in_flight.join_next(), if !waiting => {
                 let Some(joined) = joined else { continue };
                 let (c, r) = joined.map_err(|e| PipelineError::Internal(format!("a tile task failed: {e}")))?;
                 settle(ctx, &c, r, &mut fatal).await?;
                 progress.tick();
             }
+            _ = tokio::time::sleep(OTHERS_POLL), if waiting => {}
             _ = signals.recv() => {
                 warn!("interrupted: stopping; unfinished tiles resume on the next run");
                 ctx.stop.store(true, Ordering::Relaxed);
@@ -541,7 +536,6 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
                 w.detections = detections(ctx, &new_ids, &details).await?;
             }
         }
-        ctx.counters.images.fetch_add(d.rows.len() as u64, Ordering::Relaxed);
         w.images = d
             .rows
             .into_iter()
@@ -556,7 +550,6 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             tally(ctx, &e);
             details = e.details;
         }
-        ctx.counters.features.fetch_add(d.rows.len() as u64, Ordering::Relaxed);
         w.features = d
             .rows
             .into_iter()
@@ -564,6 +557,9 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
     }
     let counts: WriteCounts = ctx.store.write_tile(&w).await?;
+    // Record counts say what was committed, not what an interrupted task had in hand.
+    ctx.counters.images.fetch_add(w.images.len() as u64, Ordering::Relaxed);
+    ctx.counters.features.fetch_add(w.features.len() as u64, Ordering::Relaxed);
     ctx.counters.new.fetch_add(counts.new, Ordering::Relaxed);
     ctx.counters.changed.fetch_add(counts.changed, Ordering::Relaxed);
     ctx.counters.deleted.fetch_add(counts.deleted, Ordering::Relaxed);
