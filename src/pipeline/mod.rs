@@ -525,7 +525,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     let mut w = empty_write(ctx, c, new_etag, false);
     let enrich = ctx.cfg.harvest.enrich;
     if c.tileset.is_coverage() {
-        let d = diff(ctx, &snapshot.live, decoded.images, true).await?;
+        let d = diff(ctx, snapshot.live, decoded.images, true).await?;
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let e = enrich::images(&ctx.api, c.tile, &d.located(), &d.needed).await?;
@@ -543,7 +543,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
         w.sequences = decoded.sequences;
     } else {
-        let d = diff(ctx, &snapshot.live, decoded.features, false).await?;
+        let d = diff(ctx, snapshot.live, decoded.features, false).await?;
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let e = enrich::features(&ctx.api, c.tile, &d.located(), &d.needed).await?;
@@ -677,12 +677,12 @@ impl<T: TileRecord> Diff<T> {
 /// enrichment when it is new, changed in the tile, revived, never enriched, or stale.
 async fn diff<T: TileRecord>(
     ctx: &Ctx,
-    live: &HashMap<i64, Known>,
+    live: HashMap<i64, Known>,
     records: Vec<T>,
     images: bool,
 ) -> Result<Diff<T>, StoreError> {
-    let mut known: HashMap<i64, Known> = live.clone();
-    let others: Vec<i64> = records.iter().map(T::id).filter(|id| !live.contains_key(id)).collect();
+    let mut known = live;
+    let others: Vec<i64> = records.iter().map(T::id).filter(|id| !known.contains_key(id)).collect();
     if !others.is_empty() {
         let more = if images {
             ctx.store.known_images(&others).await?
