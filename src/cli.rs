@@ -60,8 +60,20 @@ pub struct Cli {
     /// Write log lines to this file instead of standard error.
     #[arg(long, global = true)]
     pub log_file: Option<PathBuf>,
+    /// Log line format: text for people, json (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (fields flattened), for journald/Loki/Elasticsearch.
+    Json,
 }
 
 /// The subcommands.
@@ -77,6 +89,10 @@ pub enum Command {
     Migrate,
     /// Serve the offline Mapillary API v4 simulator.
     Simulate(SimulateArgs),
+    /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
+    QgisProject(crate::ops::qgis::QgisProjectArgs),
+    /// Draw a run: its region, z14 tiles coloured by state, and the harvested coverage.
+    Report(crate::ops::report::ReportArgs),
 }
 
 /// `sync` options.
@@ -97,6 +113,13 @@ pub struct SyncArgs {
     /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
     #[arg(long, hide = true)]
     pub budget_day: Option<chrono::NaiveDate>,
+    /// Write Prometheus metrics of the run to this file at its end, failed runs included
+    /// (atomically; for node_exporter's textfile collector, name it *.prom).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Filled by the run for the metrics file.
+    #[arg(skip)]
+    pub trace: Option<std::sync::Arc<crate::pipeline::trace::RunTrace>>,
 }
 
 /// `plan` options.
@@ -142,6 +165,10 @@ pub enum CliError {
     Simulator(#[from] SimError),
     #[error("while writing output: {0}")]
     Output(#[from] serde_json::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::ops::metrics::MetricsError),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 impl CliError {
@@ -154,6 +181,8 @@ impl CliError {
             CliError::Pipeline(e) => e.exit_code(),
             CliError::Simulator(_) => exit::INPUT,
             CliError::Output(_) => exit::INTERNAL,
+            CliError::Metrics(_) => exit::CONFIG,
+            CliError::Ops(e) => e.exit_code(),
         }
     }
 }
@@ -176,7 +205,14 @@ fn password_of(url: &str) -> String {
 }
 
 /// Runs the parsed command; returns the exit code for a success that still needs one (e.g. partial).
-pub async fn run(cli: Cli) -> Result<i32, CliError> {
+pub async fn run(mut cli: Cli) -> Result<i32, CliError> {
+    match crate::ops::metrics::Watch::start(&mut cli) {
+        Some(watch) => watch.finish(run_command(cli).await).await,
+        None => run_command(cli).await,
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Simulate(ref args) => {
             simulator::run(args.clone()).await?;
@@ -198,6 +234,19 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             let store = connect(&cfg).await?;
             store.migrate().await?;
             println!("schema {:?} is up to date", store.schema());
+            Ok(exit::OK)
+        }
+        Command::QgisProject(ref args) => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            crate::ops::qgis::run(&store, &cfg, args).await?;
+            Ok(exit::OK)
+        }
+        Command::Report(ref args) => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            crate::ops::report::run(&store, args).await?;
             Ok(exit::OK)
         }
         Command::Status(ref args) => {
@@ -231,6 +280,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 refresh_older_than: args.refresh_older_than,
                 max_tiles: args.max_tiles,
                 budget_day: args.budget_day,
+                trace: args.trace.clone(),
             };
             let summary = pipeline::sync(&cfg, &store, &region, opts).await?;
             println!("{}", summary.render());

@@ -11,6 +11,7 @@ pub mod config;
 pub mod jobs;
 pub mod model;
 pub mod mvt;
+pub mod ops;
 pub mod pipeline;
 pub mod region;
 pub mod simulator;

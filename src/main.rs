@@ -4,9 +4,10 @@
 use std::io::{IsTerminal, Write};
 
 use clap::Parser;
-use mly_harvest::cli::{self, Cli, exit};
+use mly_harvest::cli::{self, Cli, LogFormat, exit};
 use mly_harvest::config::scrub;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() {
     std::process::exit(real_main());
@@ -83,7 +84,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     };
     let filter = EnvFilter::try_from_env("MLY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    match &cli.log_file {
+    let (writer, ansi) = match &cli.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -91,19 +92,17 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
                 .open(path)
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
             let file = std::sync::Arc::new(file);
-            builder
-                .with_ansi(false)
-                .with_writer(move || {
-                    ScrubWriter(file.as_ref().try_clone().expect("cloning an open file handle"))
-                })
-                .init();
+            let w = BoxMakeWriter::new(move || {
+                ScrubWriter(file.as_ref().try_clone().expect("cloning an open file handle"))
+            });
+            (w, false)
         }
-        None => {
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(|| ScrubWriter(std::io::stderr()))
-                .init();
-        }
+        None => (BoxMakeWriter::new(|| ScrubWriter(std::io::stderr())), std::io::stderr().is_terminal()),
+    };
+    match cli.log_format {
+        // One JSON object per line, fields at the top level, for log collectors.
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).with_writer(writer).init(),
+        LogFormat::Text => builder.with_ansi(ansi).with_writer(writer).init(),
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod enrich;
 pub mod plan;
 mod progress;
+pub mod trace;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct SyncOptions {
     pub max_tiles: Option<u64>,
     /// The UTC day the tile budget counts against (default today).
     pub budget_day: Option<NaiveDate>,
+    /// Receives the run's counters however the run ends (for the metrics file).
+    pub trace: Option<Arc<trace::RunTrace>>,
 }
 
 /// Errors that stop a run.
@@ -278,6 +281,7 @@ pub async fn sync(
             stop: AtomicBool::new(false),
             analyzed_at: AtomicU64::new(0),
         });
+        let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
         jobs::release(store, run, &ctx.owner).await?;
         if cfg.harvest.detections {
