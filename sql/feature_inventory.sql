@@ -1,6 +1,7 @@
 -- Map feature inventory: live features per object type and value, with when they were seen.
 -- Runs against the default schema "mapillary".
-SELECT f.object_type,
+SELECT concat_ws(':', f.object_type, f.object_value) AS class,  -- unique key for QGIS
+       f.object_type,
        f.object_value,
        count(*)              AS features,
        min(f.first_seen_at)  AS first_seen_at,

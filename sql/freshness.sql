@@ -2,7 +2,8 @@
 -- the tile and when a fetch last changed anything. Old "newest capture" = area worth re-capturing;
 -- old "last fetched" = area the nightly sync has not reached.
 -- Runs against the default schema "mapillary".
-SELECT s.tileset,
+SELECT s.tileset || '/' || s.z || '/' || s.x || '/' || s.y AS tile,  -- unique key for QGIS
+       s.tileset,
        s.z,
        s.x,
        s.y,

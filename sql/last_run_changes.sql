@@ -3,7 +3,8 @@
 WITH last_run AS (
     SELECT id FROM mapillary.harvest_run ORDER BY id DESC LIMIT 1
 )
-SELECT t.run_id,
+SELECT t.tileset || '/' || t.z || '/' || t.x || '/' || t.y AS tile,  -- unique key for QGIS
+       t.run_id,
        t.tileset,
        t.z,
        t.x,

@@ -146,7 +146,7 @@ pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes()); // extra length
         if central {
-            out.extend_from_slice(&[0u8; 12]); // comment length, disk, internal + external attributes
+            out.extend_from_slice(&[0u8; 10]); // comment length, disk, internal + external attributes
             out.extend_from_slice(&0u32.to_le_bytes()); // offset of the local header
         }
         out.extend_from_slice(name.as_bytes());
@@ -223,5 +223,13 @@ mod tests {
         let z = zip_one("p.qgs", xml.as_bytes());
         assert_eq!(&z[..4], b"PK\x03\x04");
         assert!(z.len() < xml.len() / 3, "deflated");
+        // The end record points at a central directory that ends right before it.
+        let eocd = z.len() - 22;
+        assert_eq!(&z[eocd..eocd + 4], b"PK\x05\x06");
+        let cd_size = u32::from_le_bytes(z[eocd + 12..eocd + 16].try_into().unwrap()) as usize;
+        let cd_start = u32::from_le_bytes(z[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        assert_eq!(cd_start + cd_size, eocd);
+        assert_eq!(&z[cd_start..cd_start + 4], b"PK\x01\x02");
+        assert_eq!(cd_size, 46 + "p.qgs".len());
     }
 }
