@@ -309,8 +309,10 @@ impl Watch {
             }
         }
         let previous = previous_last_success(&self.path);
+        // One clock for "last success": the run's finished_at in the database when it could be
+        // read (a later failed run reads the same value), else this process's end time.
         m.last_success = if code == exit::OK {
-            Some(ended_at)
+            m.last_success.or(Some(ended_at))
         } else {
             match (m.last_success, previous) {
                 (Some(a), Some(b)) => Some(a.max(b)),
