@@ -247,3 +247,17 @@ fn report_draws_the_run_as_png_svg_and_html() {
         "{err}"
     );
 }
+
+#[test]
+fn systemd_units_verify_and_the_cron_line_parses() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED systemd_units_verify_and_the_cron_line_parses: systemd-analyze is not installed");
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join("scripts/check-units.sh"))
+        .env("CARGO_TARGET_DIR", bin().parent().unwrap().parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}

@@ -303,10 +303,10 @@ impl Watch {
             process: trace.process,
             ..Default::default()
         };
-        if let Some(cfg) = &self.cfg {
-            if let Err(e) = self.from_db(cfg, &mut m).await {
-                warn!(error = %e, "metrics: could not read run figures from the database");
-            }
+        if let Some(cfg) = &self.cfg
+            && let Err(e) = self.read_db(cfg, &mut m).await
+        {
+            warn!(error = %e, "metrics: could not read run figures from the database");
         }
         let previous = previous_last_success(&self.path);
         // One clock for "last success": the run's finished_at in the database when it could be
@@ -329,7 +329,7 @@ impl Watch {
         }
     }
 
-    async fn from_db(&self, cfg: &Config, m: &mut RunMetrics) -> Result<(), StoreError> {
+    async fn read_db(&self, cfg: &Config, m: &mut RunMetrics) -> Result<(), StoreError> {
         let store = Store::connect(cfg.database.url.expose(), &cfg.database.schema, 1).await?;
         if let Some(run) = m.run_id {
             let mut by: BTreeMap<(String, TileOutcome), u64> = BTreeMap::new();
