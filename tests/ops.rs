@@ -259,5 +259,10 @@ fn systemd_units_verify_and_the_cron_line_parses() {
         .env("CARGO_TARGET_DIR", bin().parent().unwrap().parent().unwrap())
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -266,6 +266,8 @@ pub struct Watch {
 impl Watch {
     /// Starts watching when the command is `sync --metrics-file`; hands the run a trace to fill.
     pub fn start(cli: &mut Cli) -> Option<Watch> {
+        let Command::Sync(args) = &cli.command else { return None };
+        args.metrics_file.as_ref()?;
         // A config error is the command's to report; the metrics then say only that it failed.
         let cfg = crate::cli::load_config(cli).ok();
         let Command::Sync(args) = &mut cli.command else { return None };
