@@ -121,6 +121,35 @@ fn qgis_opens_every_layer_and_renders_the_stored_project() {
         .unwrap_or_else(|| panic!("{text}"));
     eprintln!("{line}");
     let _ = std::fs::remove_file(&png);
+
+    // The same project connected through a pg_service.conf service instead of host/port/user.
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("pg_service.conf");
+    let (rest, dbname) = db.rsplit_once('/').unwrap();
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h).trim_start_matches("postgres://");
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    std::fs::write(
+        &services,
+        format!("[mly_test]\nhost={host}\nport={port}\ndbname={dbname}\nuser=postgres\n"),
+    )
+    .unwrap();
+    let svc = services.to_str().unwrap();
+    let o = run(
+        &["qgis-project", "--service", "mly_test", "--name", "by-service"],
+        &[("DATABASE_URL", db.as_str())],
+    );
+    assert!(sync_ok(&o).contains("postgresql:///?service=mly_test&schema=mapillary&project=by-service"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("/usr/bin/python3")
+        .arg(root.join("tests/qgis/check_layers.py"))
+        .args(["--conn", "service='mly_test'", "--project", "by-service"])
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .env("PGSERVICEFILE", svc)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("project by-service: 5 layers"), "{text}");
 }
 
 #[test]
