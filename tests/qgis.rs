@@ -59,10 +59,13 @@ fn check(db: &str, extra: &[&str]) -> (Output, String) {
     (o, text)
 }
 
+/// A harvested database; with detections, so the SRID-0 pixel-space layer has rows too.
 fn harvested(tag: &str) -> String {
     let db = fresh_db(tag);
     let sim = Sim::start(&[]);
-    sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &db)));
+    let mut env = harvest_env(&sim, &db);
+    env.push(("MLY_HARVEST__DETECTIONS", "true"));
+    sync_ok(&run(&["sync", SUBURB], &env));
     db
 }
 
@@ -112,6 +115,9 @@ fn qgis_opens_every_layer_and_renders_the_stored_project() {
         assert!(text.contains(&format!("ok   {layer}")), "{layer} not checked:\n{text}");
     }
     assert!(text.contains("0 failure(s)"), "{text}");
+    // The pixel-space detections (SRID 0) went through the same checks with rows in them.
+    let det = text.lines().find(|l| l.starts_with("ok   mapillary.detections(geom)")).unwrap();
+    assert!(det.contains("MultiPolygon SRID 0, bbox "), "{det}");
     // The script rendered the project; the PNG's pixels were counted there, here it must exist.
     let bytes = std::fs::read(&png).expect("the rendering was written");
     assert_eq!(&bytes[1..4], b"PNG");

@@ -83,6 +83,10 @@ def expected_key(db, schema, name, kind):
             WHERE i.indrelid = {lit(bases[0][0])}::regclass AND i.indisprimary""")]
         if len(bpk) == 1 and bpk[0] in cols:
             return bpk, None
+    # Otherwise the shortest run of leading columns that is unique (what a user picks as key).
+    for n in range(1, min(len(cols), 6) + 1):
+        if check_unique(db, schema, name, cols[:n]):
+            return cols[:n], None
     return cols[:1], None
 
 
@@ -90,7 +94,7 @@ def check_unique(db, schema, name, key):
     rel = f"{ident(schema)}.{ident(name)}"
     k = ", ".join(ident(c) for c in key)
     dup = db.one(f"SELECT count(*) FROM (SELECT {k} FROM {rel} GROUP BY {k} HAVING count(*) > 1) d")
-    nulls = db.one(f"SELECT count(*) FROM {rel} WHERE ({k}) IS NULL") if len(key) == 1 else 0
+    nulls = db.one(f"SELECT count(*) FROM {rel} WHERE " + " OR ".join(f"{ident(c)} IS NULL" for c in key))
     return int(dup) == 0 and int(nulls) == 0
 
 
@@ -116,10 +120,9 @@ def check_layer(db, conn, schema, t, geom):
             uri.setWkbType(types[0].wkbType)
             uri.setSrid(str(types[0].crs.postgisSrid()))
     if kind != "r":
-        # QGIS's browser offers the view's key candidates with the first one chosen.
-        cands = t.primaryKeyColumns()
-        if cands:
-            uri.setKeyColumn(cands[0])
+        # A view has no key of its own: QGIS takes the one the user chooses, here the expected one
+        # (its uniqueness is checked below; QGIS would silently mix up features otherwise).
+        uri.setKeyColumn(",".join(ident(c) for c in key))
     layer = QgsVectorLayer(uri.uri(False), what, "postgres")
     if not layer.isValid():
         lost = declared is not None and declared[0] not in TYPES
@@ -154,11 +157,17 @@ def check_layer(db, conn, schema, t, geom):
     it = sum(1 for _ in layer.getFeatures(req))
     if it != n:
         fail(what, f"QGIS iterates {it} features, count(*) = {n}")
+    in_box = ""
     if geom and n > 0 and got_key == key:
         e = layer.extent()
-        # The middle of the data: a box that cuts through it, not one that holds everything.
-        r = QgsRectangle(e.xMinimum() + e.width() * 0.3, e.yMinimum() + e.height() * 0.3,
-                         e.xMinimum() + e.width() * 0.6, e.yMinimum() + e.height() * 0.6)
+        # A box around the median feature, 30% of the data's size: it cuts through the data (some
+        # features in, some out) and is never empty, however sparse the layer.
+        kk = ", ".join(ident(c) for c in key)
+        cx, cy = db.rows(f"""SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface({ident(geom)}) AS p FROM {rel}
+            WHERE {ident(geom)} IS NOT NULL AND NOT ST_IsEmpty({ident(geom)}) ORDER BY {kk} OFFSET {n // 2} LIMIT 1) x""")[0] \
+            if int(db.one(f"SELECT count({ident(geom)}) FROM {rel}")) > n // 2 else (e.center().x(), e.center().y())
+        w, h = max(e.width(), 1e-6) * 0.15, max(e.height(), 1e-6) * 0.15
+        r = QgsRectangle(float(cx) - w, float(cy) - h, float(cx) + w, float(cy) + h)
         req = QgsFeatureRequest().setFilterRect(r).setSubsetOfAttributes(key, fields)
         q_ids = sorted(tuple(str(f[k]) for k in key) for f in layer.getFeatures(req))
         k = ", ".join(f"{ident(c)}::text" for c in key)
@@ -170,7 +179,8 @@ def check_layer(db, conn, schema, t, geom):
             fail(what, f"bbox filter: QGIS returns {len(q_ids)} features, PostGIS && returns {len(p_ids)}")
         elif not q_ids:
             fail(what, "bbox filter returned nothing: the check would prove nothing")
-    print(f"ok   {what}: {n} features, key {got_key}" + (f", {QgsWkbTypes.displayString(layer.wkbType())} SRID {declared[1]}" if geom else ""), flush=True)
+        in_box = f", bbox {len(q_ids)} = PostGIS"
+    print(f"ok   {what}: {n} features, key {got_key}" + (f", {QgsWkbTypes.displayString(layer.wkbType())} SRID {declared[1]}" if geom else "") + in_box, flush=True)
 
 
 def install_sql_views(db, schema, sql_dir):
@@ -183,7 +193,12 @@ def install_sql_views(db, schema, sql_dir):
         body = body.replace("mapillary.", f"{ident(schema)}.")
         name = "sqlcheck_" + os.path.splitext(os.path.basename(path))[0]
         db.rows(f"DROP VIEW IF EXISTS {ident(schema)}.{ident(name)}")
-        db.rows(f"CREATE VIEW {ident(schema)}.{ident(name)} AS {body}")
+        try:
+            # Unqualified names in a query resolve in the harvest schema, as for the harvester.
+            db.rows(f"SET search_path TO {ident(schema)}, public; CREATE VIEW {ident(schema)}.{ident(name)} AS {body}")
+        except Exception as e:  # noqa: BLE001 (QgsException carries the server's message)
+            fail(f"sql/{os.path.basename(path)}", f"does not run as a view: {e}")
+            continue
         names.append(name)
     return names
 
