@@ -341,7 +341,9 @@ impl Watch {
             m.tiles = by.into_iter().map(|((ts, s), n)| (ts, s, n)).collect();
         }
         let day = self.budget_day.unwrap_or_else(|| Utc::now().date_naive());
-        let used = super::tile_budget_used(&store, day).await?;
+        // The per-schema budget has no app; the shared one (mly_harvest_global) is keyed by the
+        // token's app: pass its key here where this version computes one.
+        let used = super::tile_budget_used(&store, day, None).await?;
         m.budget = Some((cfg.limits.tiles_per_day, used.unwrap_or(0)));
         m.last_success = super::last_success(&store).await?;
         store.pool().close().await;

@@ -168,21 +168,27 @@ pub async fn run_tiles(store: &Store, run: i64) -> Result<Vec<RunTile>, StoreErr
 
 /// Tiles of the UTC day's budget already spent, wherever this version keeps the budget (the
 /// shared `mly_harvest_global` schema when it exists, else the harvest schema). None: no row yet.
-pub async fn tile_budget_used(store: &Store, day: NaiveDate) -> Result<Option<i64>, StoreError> {
+/// `app_key` selects the token's app in the shared table (None: every app's tiles together).
+pub async fn tile_budget_used(
+    store: &Store,
+    day: NaiveDate,
+    app_key: Option<&str>,
+) -> Result<Option<i64>, StoreError> {
     let global: bool = sqlx::query_scalar("SELECT to_regclass('mly_harvest_global.tile_budget') IS NOT NULL")
         .fetch_one(store.pool())
         .await
         .map_err(query_err("looking for the tile budget table"))?;
-    let sql = if global {
-        "SELECT sum(used)::bigint FROM mly_harvest_global.tile_budget WHERE day = $1"
-    } else {
-        "SELECT sum(used)::bigint FROM tile_budget WHERE day = $1"
-    };
-    sqlx::query_scalar(sql)
+    let q = if global {
+        sqlx::query_scalar(
+            "SELECT sum(used)::bigint FROM mly_harvest_global.tile_budget \
+             WHERE day = $1 AND ($2::text IS NULL OR app_key = $2)",
+        )
         .bind(day)
-        .fetch_one(store.pool())
-        .await
-        .map_err(query_err(format!("reading the tile budget of {day}")))
+        .bind(app_key)
+    } else {
+        sqlx::query_scalar("SELECT sum(used)::bigint FROM tile_budget WHERE day = $1").bind(day)
+    };
+    q.fetch_one(store.pool()).await.map_err(query_err(format!("reading the tile budget of {day}")))
 }
 
 /// When a run of this schema last ended with every tile done (seconds since the epoch).

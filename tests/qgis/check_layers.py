@@ -8,7 +8,7 @@ what a QGIS user relies on; optionally opens the stored QGIS project and renders
 
 Per layer: valid; geometry type and CRS equal the column's declared typmod (a column without a
 typmod fails); the key QGIS picks is the table's primary key (a table without one fails; for a
-view, the key of its single base table, else its first column, which must be unique); feature
+view, the key of its single base table, else its shortest unique run of leading columns); feature
 count equals count(*); a bbox filter returns the same features as PostGIS's `&&`. Every
 `--sql-dir` query is installed as a view `sqlcheck_<file>` for the run and checked the same way.
 Exit status 0 when everything holds, 1 otherwise (one line per failure on stdout).
