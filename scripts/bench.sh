@@ -3,8 +3,11 @@
 #   scripts/bench.sh [--quick]
 # Writes bench-out/results.json (every figure, with the machine) and prints a table.
 # Scenarios:
-#   1 load   - sync a dense region, enrichment off, no rate limits; baseline: psql COPY of the same
-#              rows into the same tables and indexes, measured in the same run
+#   1 load   - sync a dense region, enrichment off, no rate limits, then re-read it unchanged with
+#              ETags ignored; peers measured in the same run on the same tiles (downloaded once):
+#              ogr2ogr over the tile directory, ogr2ogr into a staging table + an
+#              `INSERT ... ON CONFLICT ... WHERE ... IS DISTINCT FROM` upsert, and psql COPY of the
+#              rows the sync wrote into the same tables and indexes; medians of BENCH_REPS (3) runs
 #   2 api    - Graph calls per 1,000 images and tile requests per tile, first harvest and re-sync
 #              after one simulator epoch; against the naive "bbox search + one call per image"
 #   3 limits - low simulator limits (search 300/min, entity 600/min): achieved rate and throttling
@@ -12,13 +15,17 @@
 #   5 decode - MVT decode throughput on the real fixture tiles vs a plain protobuf parse
 # Regions can be overridden: BENCH_LOAD_REGION, BENCH_API_REGION, BENCH_LIMITS_REGION, BENCH_LIMITS_ENTITY_REGION,
 # BENCH_MEM_SMALL, BENCH_MEM_LARGE. --quick shrinks every region (a smoke run of the script).
-# Needs: cargo, psql, curl, jq, /usr/bin/time. Uses DATABASE_URL as admin URL when set, else
+# BENCH_ONLY=load (comma-separated scenario names) runs a subset.
+# Needs: cargo, psql, curl, jq, /usr/bin/time, ogr2ogr (gdal-bin). Uses DATABASE_URL as admin URL when set, else
 # scripts/pg.sh starts a throwaway cluster. Creates and drops databases named mly_bench_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
+# BENCH_ONLY=load,api,... runs only those scenarios (load, api, limits, memory, decode).
+ONLY=${BENCH_ONLY:-}
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -27,6 +34,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)
 [ -x /usr/bin/time ] || missing+=(time)
+command -v ogr2ogr >/dev/null || missing+=(gdal-bin)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (apt)"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -54,6 +62,8 @@ else
   MEM_SMALL=${BENCH_MEM_SMALL:-14.40,56.47,14.58,56.53}
   MEM_LARGE=${BENCH_MEM_LARGE:-13.40,56.21,15.62,56.81}
 fi
+# Timed loads are repeated and their medians reported: the machine is shared and noisy.
+if [ "$QUICK" = 1 ]; then REPS=${BENCH_REPS:-1}; else REPS=${BENCH_REPS:-3}; fi
 LIMIT_SEARCH=${BENCH_SEARCH_PER_MINUTE:-300}
 LIMIT_ENTITY=${BENCH_ENTITY_PER_MINUTE:-600}
 
@@ -66,6 +76,7 @@ echo '{}' >"$RESULTS"
 put() { jq --argjson v "$2" "setpath(\"$1\" | split(\".\"); \$v)" "$RESULTS" >"$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"; }
 puts() { put "$1" "$(jq -n --arg s "$2" '$s')"; }
 now() { date +%s.%N; }
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "null"; else printf "%.4f\n", a / b }'; }
 
 SIM_PID=""
@@ -134,47 +145,150 @@ puts started_at "$(date -u +%FT%TZ)"
 puts commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 ###############################################################################################
-log "1/5 load speed: $LOAD_REGION (coverage only, enrichment off, no rate limits)"
-DB=$(fresh_db mly_bench_load)
+if want load; then
+log "1/5 load speed: $LOAD_REGION (coverage only, enrichment off, no rate limits), $REPS repetitions"
+LOAD_ENV=(MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public
+  MLY_LIMITS__SEARCH_PER_MINUTE=100000000 MLY_LIMITS__ENTITY_PER_MINUTE=100000000)
 start_sim --tiles-per-day 100000000 --search-per-minute 100000000 --entity-per-minute 100000000
 # Warm-up into a scratch database: the simulator then serves every tile from its cache, so the timed
-# sync measures the harvester and the database, not the simulator generating the world on the same
-# two cores (the COPY baseline does no such work either).
+# syncs measure the harvester and the database, not the simulator generating the world on the same
+# two cores (ogr2ogr and the COPY baseline do no such work either).
 WARM=$(fresh_db mly_bench_warm)
-sync_run "$WARM" "$LOAD_REGION" load_warmup MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public \
-  MLY_LIMITS__SEARCH_PER_MINUTE=100000000 MLY_LIMITS__ENTITY_PER_MINUTE=100000000
-psql "$ADMIN" -qXc "DROP DATABASE mly_bench_warm WITH (FORCE)" >/dev/null
-sync_run "$DB" "$LOAD_REGION" load MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public \
-  MLY_LIMITS__SEARCH_PER_MINUTE=100000000 MLY_LIMITS__ENTITY_PER_MINUTE=100000000
-stop_sim
-SYNC_WALL=$WALL
-IMAGES=$(count "$DB" "SELECT count(*) FROM mapillary.images")
-SEQS=$(count "$DB" "SELECT count(*) FROM mapillary.sequences")
-TILES=$(summary_num load 'tiles [0-9]+/([0-9]+) done')
-# Baseline: the same rows of the data tables the sync wrote, dumped, truncated and loaded back
-# with COPY into the same tables with all their indexes.
-for t in images sequences; do
-  psql "$DB" -XqAc "COPY mapillary.$t TO STDOUT" >"$WORK/$t.copy"
+sync_run "$WARM" "$LOAD_REGION" load_warmup "${LOAD_ENV[@]}"
+# The peers read the very same tiles, downloaded once into a z/x/y.pbf directory (an empty tile is
+# answered 204 and has no file, as a tile server's directory would have none).
+TILES_DIR=$WORK/tiles
+for t in $(count "$WARM" "SELECT z || '/' || x || '/' || y FROM mapillary.harvest_tile"); do
+  mkdir -p "$TILES_DIR/${t%/*}"
+  curl -sf -o "$TILES_DIR/$t.pbf" "$SIM_URL/maps/vtp/mly1_public/2/$t?access_token=MLY%7C4000000000000001%7C0123456789abcdef0123456789abcdef" \
+    || die "downloading tile $t"
+  [ -s "$TILES_DIR/$t.pbf" ] || rm -f "$TILES_DIR/$t.pbf"
 done
-psql "$DB" -Xq -c "TRUNCATE mapillary.images, mapillary.sequences" -c "CHECKPOINT"
-t0=$(now)
-psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "BEGIN" \
-  -c "\\copy mapillary.images FROM '$WORK/images.copy'" \
-  -c "\\copy mapillary.sequences FROM '$WORK/sequences.copy'" -c "COMMIT"
-t1=$(now)
-COPY_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }')
-[ "$(count "$DB" "SELECT count(*) FROM mapillary.images")" = "$IMAGES" ] || die "COPY baseline lost rows"
-COPY_BYTES=$(cat "$WORK/images.copy" "$WORK/sequences.copy" | wc -c)
-rm -f "$WORK"/*.copy
+TILE_FILES=$(find "$TILES_DIR" -name '*.pbf' | wc -l)
+TILE_BYTES=$(find "$TILES_DIR" -name '*.pbf' -exec cat {} + | wc -c)
+psql "$ADMIN" -qXc "DROP DATABASE mly_bench_warm WITH (FORCE)" >/dev/null
+ZDIR=$TILES_DIR/$(ls "$TILES_DIR" | head -n1)
+# ogr_conn URL: GDAL's connection string for a postgres:// URL of the throwaway cluster kind.
+ogr_conn() {
+  local rest=${1#*://} auth hostport db
+  auth=${rest%%@*}; hostport=${rest#*@}; db=${hostport#*/}; hostport=${hostport%%/*}
+  echo "PG:host=${hostport%%:*} port=${hostport##*:} user=${auth%%:*} dbname=$db"
+}
+# data_stats DB: inserted|updated|deleted|dead tuples of the three data tables, once the counters
+# stopped moving (each backend flushes its statistics when it goes idle or exits).
+data_stats() {
+  local q="SELECT coalesce(sum(n_tup_ins), 0) || '|' || coalesce(sum(n_tup_upd), 0) || '|' || coalesce(sum(n_tup_del), 0)
+    || '|' || coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables
+    WHERE schemaname = 'mapillary' AND relname IN ('images', 'map_features', 'sequences')" a b
+  a=$(count "$1" "$q")
+  for _ in $(seq 20); do
+    sleep 0.5
+    b=$(count "$1" "$q")
+    [ "$a" = "$b" ] && break
+    a=$b
+  done
+  echo "$a"
+}
+# The staging-upsert recipe of a GIS user who wants a second load to write only what changed.
+OGR_TARGET="CREATE TABLE IF NOT EXISTS target (id bigint PRIMARY KEY, sequence_id text, captured_at bigint,
+  compass_angle double precision, is_pano boolean, organization_id bigint, creator_id bigint,
+  geom geometry(Point, 3857));
+  CREATE INDEX IF NOT EXISTS target_geom_gix ON target USING gist (geom)"
+OGR_UPSERT="INSERT INTO target AS t (id, sequence_id, captured_at, compass_angle, is_pano, organization_id, creator_id, geom)
+  SELECT DISTINCT ON (id) id, sequence_id, captured_at, compass_angle, is_pano::boolean, organization_id, creator_id, geom
+  FROM stage ORDER BY id
+  ON CONFLICT (id) DO UPDATE SET sequence_id = EXCLUDED.sequence_id, captured_at = EXCLUDED.captured_at,
+    compass_angle = EXCLUDED.compass_angle, is_pano = EXCLUDED.is_pano, organization_id = EXCLUDED.organization_id,
+    creator_id = EXCLUDED.creator_id, geom = EXCLUDED.geom
+  WHERE (t.sequence_id, t.captured_at, t.compass_angle, t.is_pano, t.organization_id, t.creator_id, t.geom)
+    IS DISTINCT FROM (EXCLUDED.sequence_id, EXCLUDED.captured_at, EXCLUDED.compass_angle, EXCLUDED.is_pano,
+                      EXCLUDED.organization_id, EXCLUDED.creator_id, EXCLUDED.geom)"
+# ogr_load DB TABLE: ogr2ogr, one process over the tile directory, COPY into a new table.
+ogr_load() {
+  ogr2ogr -f PostgreSQL "$(ogr_conn "$1")" "$ZDIR" image -nln "$2" -nlt POINT -overwrite \
+    -lco GEOMETRY_NAME=geom -lco SPATIAL_INDEX=GIST --config PG_USE_COPY YES \
+    || die "ogr2ogr into $2 failed"
+}
+ogr_upsert_load() { ogr_load "$1" stage && psql "$1" -qX -v ON_ERROR_STOP=1 -c "$OGR_UPSERT" >/dev/null; }
+timed() { local t0 t1; t0=$(now); "$@" >&2; t1=$(now); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'; }
+SYNC_FIRST=() SYNC_REREAD=() OGR_DIR=() OGR_UPSERT_S=() COPY_S=() REREAD_STATS=()
+for rep in $(seq "$REPS"); do
+  DB=$(fresh_db mly_bench_load)
+  sync_run "$DB" "$LOAD_REGION" load "${LOAD_ENV[@]}"
+  SYNC_FIRST+=("$WALL")
+  SYNC_RSS=$RSS_MB
+  # Second load of the unchanged region with ETags ignored (as a tile server that does not honour
+  # them): the same tiles are read, diffed and must write nothing but their tile state.
+  psql "$DB" -qXc "UPDATE mapillary.tile_state SET etag = NULL"
+  before=$(data_stats "$DB")
+  sync_run "$DB" "$LOAD_REGION" load_reread "${LOAD_ENV[@]}"
+  SYNC_REREAD+=("$WALL")
+  after=$(data_stats "$DB")
+  REREAD_STATS+=("$(jq -n --arg b "$before" --arg a "$after" '
+    ($b | split("|") | map(tonumber)) as $b | ($a | split("|") | map(tonumber)) as $a |
+    {inserted: ($a[0] - $b[0]), updated: ($a[1] - $b[1]), deleted: ($a[2] - $b[2]), dead_tuples_after: $a[3]}')")
+  IMAGES=$(count "$DB" "SELECT count(*) FROM mapillary.images")
+  SEQS=$(count "$DB" "SELECT count(*) FROM mapillary.sequences")
+  TILES=$(summary_num load 'tiles [0-9]+/([0-9]+) done')
+  # Baseline: the same rows of the data tables the sync wrote, dumped, truncated and loaded back
+  # with COPY into the same tables with all their indexes.
+  for t in images sequences; do
+    psql "$DB" -XqAc "COPY mapillary.$t TO STDOUT" >"$WORK/$t.copy"
+  done
+  psql "$DB" -Xq -c "TRUNCATE mapillary.images, mapillary.sequences" -c "CHECKPOINT"
+  COPY_S+=("$(timed psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "BEGIN" \
+    -c "\\copy mapillary.images FROM '$WORK/images.copy'" \
+    -c "\\copy mapillary.sequences FROM '$WORK/sequences.copy'" -c "COMMIT")")
+  [ "$(count "$DB" "SELECT count(*) FROM mapillary.images")" = "$IMAGES" ] || die "COPY baseline lost rows"
+  COPY_BYTES=$(cat "$WORK/images.copy" "$WORK/sequences.copy" | wc -c)
+  rm -f "$WORK"/*.copy
+  psql "$ADMIN" -qXc "DROP DATABASE mly_bench_load WITH (FORCE)" >/dev/null
+
+  # Peers: ogr2ogr over the same tile directory into a fresh database with PostGIS.
+  ODB=$(fresh_db mly_bench_ogr)
+  psql "$ODB" -qX -v ON_ERROR_STOP=1 -c "CREATE EXTENSION postgis" -c "CHECKPOINT" >/dev/null
+  OGR_DIR+=("$(timed ogr_load "$ODB" ogr_images)")
+  OGR_ROWS=$(count "$ODB" "SELECT count(*) FROM ogr_images")
+  # The staging-upsert recipe: a first load (not timed) fills the target, the timed second load of
+  # the same tiles goes through a staging table and writes only rows that differ.
+  psql "$ODB" -qX -v ON_ERROR_STOP=1 -c "$OGR_TARGET" >/dev/null
+  ogr_load "$ODB" stage
+  psql "$ODB" -qX -v ON_ERROR_STOP=1 -c "$OGR_UPSERT" -c "CHECKPOINT" >/dev/null
+  OGR_UPSERT_S+=("$(timed ogr_upsert_load "$ODB")")
+  psql "$ADMIN" -qXc "DROP DATABASE mly_bench_ogr WITH (FORCE)" >/dev/null
+  log "load rep $rep: sync ${SYNC_FIRST[-1]} s, re-read ${SYNC_REREAD[-1]} s ($(echo "${REREAD_STATS[-1]}" | jq -c .)), ogr2ogr dir ${OGR_DIR[-1]} s, ogr2ogr staging-upsert ${OGR_UPSERT_S[-1]} s, COPY ${COPY_S[-1]} s"
+done
+stop_sim
+SYNC_WALL=$(printf '%s\n' "${SYNC_FIRST[@]}" | median)
+REREAD_WALL=$(printf '%s\n' "${SYNC_REREAD[@]}" | median)
+OGR_WALL=$(printf '%s\n' "${OGR_DIR[@]}" | median)
+OGR_UPSERT_WALL=$(printf '%s\n' "${OGR_UPSERT_S[@]}" | median)
+COPY_WALL=$(printf '%s\n' "${COPY_S[@]}" | median)
+arr() { printf '%s\n' "$@" | jq -s .; }
 put load "$(jq -n --arg region "$LOAD_REGION" --argjson tiles "$TILES" --argjson images "$IMAGES" \
-  --argjson sequences "$SEQS" --argjson sync_s "$SYNC_WALL" --argjson copy_s "$COPY_WALL" \
-  --argjson rss "$RSS_MB" --argjson bytes "$COPY_BYTES" --argjson ratio "$(ratio "$SYNC_WALL" "$COPY_WALL")" \
-  '{region: $region, tiles: $tiles, images: $images, sequences: $sequences, sync_wall_s: $sync_s,
-    copy_baseline_wall_s: $copy_s, copy_bytes: $bytes, sync_over_copy: $ratio, sync_images_per_s: ($images / $sync_s),
-    copy_images_per_s: ($images / $copy_s), sync_peak_rss_mb: $rss, target_sync_over_copy_max: 2}')"
-psql "$ADMIN" -qXc "DROP DATABASE mly_bench_load WITH (FORCE)" >/dev/null
+  --argjson sequences "$SEQS" --argjson reps "$REPS" --argjson sync_s "$SYNC_WALL" --argjson copy_s "$COPY_WALL" \
+  --argjson reread_s "$REREAD_WALL" --argjson ogr_s "$OGR_WALL" --argjson ogr_up_s "$OGR_UPSERT_WALL" \
+  --argjson ogr_rows "$OGR_ROWS" --argjson tile_files "$TILE_FILES" --argjson tile_bytes "$TILE_BYTES" \
+  --argjson rss "$SYNC_RSS" --argjson bytes "$COPY_BYTES" \
+  --argjson all_sync "$(arr "${SYNC_FIRST[@]}")" --argjson all_reread "$(arr "${SYNC_REREAD[@]}")" \
+  --argjson all_ogr "$(arr "${OGR_DIR[@]}")" --argjson all_ogr_up "$(arr "${OGR_UPSERT_S[@]}")" \
+  --argjson all_copy "$(arr "${COPY_S[@]}")" --argjson reread_writes "$(arr "${REREAD_STATS[@]}")" '
+  {region: $region, tiles: $tiles, tile_files: $tile_files, tile_bytes: $tile_bytes, images: $images,
+    sequences: $sequences, repetitions: $reps, medians_of: $reps,
+    sync_wall_s: $sync_s, sync_reread_wall_s: $reread_s, ogr2ogr_dir_wall_s: $ogr_s, ogr2ogr_rows: $ogr_rows,
+    ogr2ogr_staging_upsert_wall_s: $ogr_up_s, copy_baseline_wall_s: $copy_s, copy_bytes: $bytes,
+    sync_over_ogr2ogr: ($sync_s / $ogr_s), reread_over_ogr2ogr_upsert: ($reread_s / $ogr_up_s),
+    sync_over_copy: ($sync_s / $copy_s), sync_images_per_s: ($images / $sync_s),
+    ogr2ogr_images_per_s: ($ogr_rows / $ogr_s), copy_images_per_s: ($images / $copy_s),
+    reread_writes: $reread_writes,
+    reread_rows_updated: ([$reread_writes[] | .updated + .inserted + .deleted] | max),
+    all: {sync_s: $all_sync, reread_s: $all_reread, ogr2ogr_dir_s: $all_ogr, ogr2ogr_upsert_s: $all_ogr_up, copy_s: $all_copy},
+    sync_peak_rss_mb: $rss, target_sync_over_ogr2ogr_max: 0.9, target_reread_over_upsert_max: 0.5,
+    target_sync_over_copy_max: 2}')"
+fi
 
 ###############################################################################################
+if want api; then
 log "2/5 API economy: $API_REGION (all tilesets, enrichment on), then re-sync after one epoch"
 DB=$(fresh_db mly_bench_api)
 start_sim --tiles-per-day 100000000
@@ -221,8 +335,10 @@ RESYNC=$(jq -n --argjson s "$S" --argjson img "$IMG2" --argjson feat "$FEAT2" --
 put api "$(jq -n --arg region "$API_REGION" --argjson f "$FIRST" --argjson r "$RESYNC" \
   '{region: $region, first: $f, resync_epoch1: $r, target_naive_over_ours_min: 500}')"
 psql "$ADMIN" -qXc "DROP DATABASE mly_bench_api WITH (FORCE)" >/dev/null
+fi
 
 ###############################################################################################
+if want limits; then
 log "3/5 limits: $LIMITS_REGION (search-bound) and $LIMITS_ENTITY_REGION with detections (entity-bound), search $LIMIT_SEARCH/min, entity $LIMIT_ENTITY/min"
 DB=$(fresh_db mly_bench_limits)
 start_sim --tiles-per-day 100000000 --search-per-minute "$LIMIT_SEARCH" --entity-per-minute "$LIMIT_ENTITY"
@@ -246,8 +362,10 @@ put limits "$(jq -n --arg region "$LIMITS_REGION + $LIMITS_ENTITY_REGION" --argj
    entity_mean_per_min_over_run: ($s.requests.entity / ($wall / 60)),
    throttled: $s.throttled, statuses: $s.statuses, target_min_fraction_of_limit: 0.95}')"
 psql "$ADMIN" -qXc "DROP DATABASE mly_bench_limits WITH (FORCE)" >/dev/null
+fi
 
 ###############################################################################################
+if want memory; then
 log "4/5 memory: $MEM_SMALL and $MEM_LARGE (coverage only, enrichment off)"
 MEM='{}'
 start_sim --tiles-per-day 100000000
@@ -265,8 +383,10 @@ for pair in "small:$MEM_SMALL" "large:$MEM_LARGE"; do
 done
 stop_sim
 put memory "$(jq -n --argjson m "$MEM" '$m + {large_over_small_rss: ($m.large.peak_rss_mb / $m.small.peak_rss_mb), target_max_mb: 200}')"
+fi
 
 ###############################################################################################
+if want decode; then
 log "5/5 decode: real fixture tiles (cargo test --release --test mvt_fixtures -- --ignored)"
 cargo test -q --release --test mvt_fixtures -- --ignored --nocapture throughput >"$WORK/decode.out" 2>&1 \
   || { cat "$WORK/decode.out" >&2; die "decode bench failed"; }
@@ -274,6 +394,7 @@ DEC=$(grep '^BENCH ' "$WORK/decode.out" | sed 's/^BENCH //' | jq -Rn '
   [inputs | [split(" ")[] | split("=") | {key: .[0], value: (.[1] | tonumber? // .)}] | from_entries
    | . + {decode_over_protobuf_throughput: (.decode_tile_features_per_s / .protobuf_only_features_per_s)}]')
 put decode "$DEC"
+fi
 puts finished_at "$(date -u +%FT%TZ)"
 
 cp "$RESULTS" "$OUT/results.json"
@@ -286,20 +407,32 @@ jq -r '
   "",
   "| scenario | figure | value | baseline / target |",
   "|---|---|---|---|",
-  "| 1 load | \(.load.images) images, \(.load.sequences) sequences, \(.load.tiles) tiles: sync wall s | \(f(.load.sync_wall_s)) | COPY \(f(.load.copy_baseline_wall_s)) s |",
-  "| 1 load | sync / COPY | \(f(.load.sync_over_copy))x | <= 2x |",
-  "| 1 load | images/s sync vs COPY | \(f(.load.sync_images_per_s)) | \(f(.load.copy_images_per_s)) |",
-  "| 2 api first | Graph calls per 1,000 images (\(.api.first.graph_calls) calls, \(.api.first.images) images, \(.api.first.map_features) features) | \(f(.api.first.graph_calls_per_1000_images)) | naive \(f(.api.first.naive_graph_calls_per_1000_images)) |",
-  "| 2 api first | naive / ours | \(f(.api.first.naive_over_ours))x | >= 500x |",
-  "| 2 api first | tile requests per tile job | \(f(.api.first.tile_requests_per_tile_job)) | 1 |",
-  "| 2 api resync | Graph calls per 1,000 images (\(.api.resync_epoch1.graph_calls) calls, \(.api.resync_epoch1.new_records) new, \(.api.resync_epoch1.changed_records) changed) | \(f(.api.resync_epoch1.graph_calls_per_1000_images)) | naive \(f(1000 * .api.resync_epoch1.naive_graph_calls / .api.resync_epoch1.images)) |",
-  "| 2 api resync | naive / ours | \(f(.api.resync_epoch1.naive_over_ours))x | >= 500x |",
-  "| 2 api resync | tile requests per tile job (\(.api.resync_epoch1.tiles_not_modified) not modified) | \(f(.api.resync_epoch1.tile_requests_per_tile_job)) | 1 |",
-  "| 3 limits | search max/min (\(.limits.search_calls) calls) | \(.limits.search_max_per_minute) (\(f(100 * .limits.search_max_over_limit))%) | limit \(.limits.search_limit_per_min), >= 95% |",
-  "| 3 limits | entity max/min (\(.limits.entity_calls) calls) | \(.limits.entity_max_per_minute) (\(f(100 * .limits.entity_max_over_limit))%) | limit \(.limits.entity_limit_per_min), >= 95% |",
-  "| 3 limits | throttled responses | \(.limits.throttled) | 0 |",
-  "| 4 memory | peak RSS \(.memory.small.tiles) tiles (\(f(.memory.small.tiles_per_s)) tiles/s) | \(f(.memory.small.peak_rss_mb)) MB | < 200 MB |",
-  "| 4 memory | peak RSS \(.memory.large.tiles) tiles (\(f(.memory.large.tiles_per_s)) tiles/s) | \(f(.memory.large.peak_rss_mb)) MB | < 200 MB, flat |",
-  (.decode[] | "| 5 decode | \(.file | split("/") | last) (\(.features) features): decode_tile features/s | \(f(.decode_tile_features_per_s)) | protobuf only \(f(.protobuf_only_features_per_s)) (\(f(100 * .decode_over_protobuf_throughput))%) |")
+  (if .load then
+    "| 1 load | first load: \(.load.images) images, \(.load.sequences) sequences, \(.load.tiles) tiles, median of \(.load.medians_of): sync wall s | \(f(.load.sync_wall_s)) | ogr2ogr directory load \(f(.load.ogr2ogr_dir_wall_s)) s, COPY \(f(.load.copy_baseline_wall_s)) s |",
+    "| 1 load | sync / ogr2ogr directory load | \(f(.load.sync_over_ogr2ogr))x | <= 0.9x |",
+    "| 1 load | sync / COPY | \(f(.load.sync_over_copy))x | <= 2x |",
+    "| 1 load | images/s sync vs ogr2ogr vs COPY | \(f(.load.sync_images_per_s)) | \(f(.load.ogr2ogr_images_per_s)), \(f(.load.copy_images_per_s)) |",
+    "| 1 load | re-read of the unchanged region, ETags ignored: sync wall s | \(f(.load.sync_reread_wall_s)) | ogr2ogr staging-upsert \(f(.load.ogr2ogr_staging_upsert_wall_s)) s |",
+    "| 1 load | re-read / ogr2ogr staging-upsert | \(f(.load.reread_over_ogr2ogr_upsert))x | <= 0.5x |",
+    "| 1 load | rows inserted/updated/deleted by the re-read in images, map_features, sequences | \(.load.reread_rows_updated) | 0 |"
+  else empty end),
+  (if .api then
+    "| 2 api first | Graph calls per 1,000 images (\(.api.first.graph_calls) calls, \(.api.first.images) images, \(.api.first.map_features) features) | \(f(.api.first.graph_calls_per_1000_images)) | naive \(f(.api.first.naive_graph_calls_per_1000_images)) |",
+    "| 2 api first | naive / ours | \(f(.api.first.naive_over_ours))x | >= 500x |",
+    "| 2 api first | tile requests per tile job | \(f(.api.first.tile_requests_per_tile_job)) | 1 |",
+    "| 2 api resync | Graph calls per 1,000 images (\(.api.resync_epoch1.graph_calls) calls, \(.api.resync_epoch1.new_records) new, \(.api.resync_epoch1.changed_records) changed) | \(f(.api.resync_epoch1.graph_calls_per_1000_images)) | naive \(f(1000 * .api.resync_epoch1.naive_graph_calls / .api.resync_epoch1.images)) |",
+    "| 2 api resync | naive / ours | \(f(.api.resync_epoch1.naive_over_ours))x | >= 500x |",
+    "| 2 api resync | tile requests per tile job (\(.api.resync_epoch1.tiles_not_modified) not modified) | \(f(.api.resync_epoch1.tile_requests_per_tile_job)) | 1 |"
+  else empty end),
+  (if .limits then
+    "| 3 limits | search max/min (\(.limits.search_calls) calls) | \(.limits.search_max_per_minute) (\(f(100 * .limits.search_max_over_limit))%) | limit \(.limits.search_limit_per_min), >= 95% |",
+    "| 3 limits | entity max/min (\(.limits.entity_calls) calls) | \(.limits.entity_max_per_minute) (\(f(100 * .limits.entity_max_over_limit))%) | limit \(.limits.entity_limit_per_min), >= 95% |",
+    "| 3 limits | throttled responses | \(.limits.throttled) | 0 |"
+  else empty end),
+  (if .memory then
+    "| 4 memory | peak RSS \(.memory.small.tiles) tiles (\(f(.memory.small.tiles_per_s)) tiles/s) | \(f(.memory.small.peak_rss_mb)) MB | < 200 MB |",
+    "| 4 memory | peak RSS \(.memory.large.tiles) tiles (\(f(.memory.large.tiles_per_s)) tiles/s) | \(f(.memory.large.peak_rss_mb)) MB | < 200 MB, flat |"
+  else empty end),
+  ((.decode // [])[] | "| 5 decode | \(.file | split("/") | last) (\(.features) features): decode_tile features/s | \(f(.decode_tile_features_per_s)) | protobuf only \(f(.protobuf_only_features_per_s)) (\(f(100 * .decode_over_protobuf_throughput))%) |")
 ' "$OUT/results.json"
 log "results: bench-out/results.json"

@@ -26,7 +26,9 @@ use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
 use crate::model::{DecodedTile, ImageId, TileFeature, TileImage};
 use crate::mvt;
 use crate::region::{Region, fnv1a};
-use crate::store::{DetectionRow, FeatureRow, ImageRow, Known, Store, StoreError, TileWrite, WriteCounts};
+use crate::store::{
+    DetectionRow, FeatureRow, ImageRow, Known, Stage, Store, StoreError, TileSnapshot, TileWrite, WriteCounts,
+};
 use crate::tiles::HARVEST_ZOOM;
 
 use enrich::Located;
@@ -283,6 +285,7 @@ pub async fn sync(
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
+        debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
         if cfg.harvest.detections {
             let linked = store.link_detections().await?;
@@ -494,12 +497,25 @@ impl From<StoreError> for TileFailure {
 }
 
 async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailure> {
-    let snapshot = ctx.store.tile_snapshot(c.tileset, c.tile).await?;
+    let times = ctx.store.times();
+    let enrich = ctx.cfg.harvest.enrich;
+    let started = Instant::now();
+    // The live records are for choosing what to enrich; without enrichment the write alone
+    // compares the tile with the database.
+    let snapshot = if enrich {
+        ctx.store.tile_snapshot(c.tileset, c.tile).await?
+    } else {
+        TileSnapshot { etag: ctx.store.tile_etag(c.tileset, c.tile).await?, live: HashMap::new() }
+    };
+    times.add(Stage::Snapshot, started);
     // A refresh needs the tile's current content, so it does not ask for "not modified".
     let etag = if ctx.refresh_before.is_some() { None } else { snapshot.etag.as_deref() };
     let mut attempt = 0;
     let (decoded, new_etag) = loop {
-        let (decoded, new_etag) = match ctx.api.tile(c.tileset, c.tile, etag).await? {
+        let fetching = Instant::now();
+        let response = ctx.api.tile(c.tileset, c.tile, etag).await;
+        times.add(Stage::Fetch, fetching);
+        let (decoded, new_etag) = match response? {
             TileResponse::NotModified => {
                 ctx.counters.tiles_unchanged.fetch_add(1, Ordering::Relaxed);
                 let w = empty_write(ctx, c, snapshot.etag.clone(), true);
@@ -510,9 +526,11 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             TileResponse::Empty => (Ok(DecodedTile::default()), None),
             TileResponse::Data { bytes, etag } => {
                 let (ts, tile) = (c.tileset, c.tile);
+                let decoding = Instant::now();
                 let d = tokio::task::spawn_blocking(move || mvt::decode_tile(ts, tile, &bytes))
                     .await
                     .map_err(|e| TileFailure::Decode(format!("decoder task failed: {e}")))?;
+                times.add(Stage::Decode, decoding);
                 (d.map_err(|e| e.to_string()), etag)
             }
         };
@@ -527,12 +545,15 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         }
     };
     let mut w = empty_write(ctx, c, new_etag, false);
-    let enrich = ctx.cfg.harvest.enrich;
     if c.tileset.is_coverage() {
+        let looking = Instant::now();
         let d = diff(ctx, snapshot.live, decoded.images, true).await?;
+        times.add(Stage::Lookup, looking);
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
+            let enriching = Instant::now();
             let e = enrich::images(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            times.add(Stage::Enrich, enriching);
             tally(ctx, &e);
             details = e.details;
             let new_ids: Vec<i64> = d.needed.iter().copied().filter(|id| !d.known.contains_key(id)).collect();
@@ -547,10 +568,14 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
         w.sequences = decoded.sequences;
     } else {
+        let looking = Instant::now();
         let d = diff(ctx, snapshot.live, decoded.features, false).await?;
+        times.add(Stage::Lookup, looking);
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
+            let enriching = Instant::now();
             let e = enrich::features(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            times.add(Stage::Enrich, enriching);
             tally(ctx, &e);
             details = e.details;
         }
@@ -686,7 +711,14 @@ async fn diff<T: TileRecord>(
     images: bool,
 ) -> Result<Diff<T>, StoreError> {
     let mut known = live;
-    let others: Vec<i64> = records.iter().map(T::id).filter(|id| !known.contains_key(id)).collect();
+    // What the database knows decides what to enrich; without enrichment nothing is needed (the
+    // write itself compares the tile with the stored rows).
+    let enrich = ctx.cfg.harvest.enrich;
+    let others: Vec<i64> = if enrich {
+        records.iter().map(T::id).filter(|id| !known.contains_key(id)).collect()
+    } else {
+        Vec::new()
+    };
     if !others.is_empty() {
         let more = if images {
             ctx.store.known_images(&others).await?
@@ -704,6 +736,7 @@ async fn diff<T: TileRecord>(
         .collect();
     let needed = rows
         .iter()
+        .filter(|_| enrich)
         .filter(|(r, hash)| match known.get(&r.id()) {
             None => true,
             Some(k) => {

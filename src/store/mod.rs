@@ -4,6 +4,8 @@ mod write;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -59,6 +61,100 @@ pub(crate) fn query_err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) 
 pub struct Store {
     pool: PgPool,
     schema: String,
+    times: Arc<StageTimes>,
+}
+
+/// The stages a tile goes through, for measuring where a load's time goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the tile's ETag and live records before fetching it.
+    Snapshot,
+    /// Waiting for the tile server.
+    Fetch,
+    /// Decoding the MVT (blocking pool).
+    Decode,
+    /// Looking up records of the tile that live elsewhere in the database (diff).
+    Lookup,
+    /// Graph API enrichment.
+    Enrich,
+    /// Encoding the rows as COPY text.
+    Encode,
+    /// Inside the write transaction: lease check and reading the tile's live rows.
+    Read,
+    /// COPY, counting and upserting the rows that change.
+    Upsert,
+    /// Tombstoning records that vanished from the tile.
+    Tombstone,
+    /// Rebuilding the lines of sequences whose images changed.
+    Sequences,
+    /// Tile state, done mark and commit.
+    Commit,
+}
+
+impl Stage {
+    const ALL: [Stage; 11] = [
+        Stage::Snapshot,
+        Stage::Fetch,
+        Stage::Decode,
+        Stage::Lookup,
+        Stage::Enrich,
+        Stage::Encode,
+        Stage::Read,
+        Stage::Upsert,
+        Stage::Tombstone,
+        Stage::Sequences,
+        Stage::Commit,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Snapshot => "snapshot",
+            Stage::Fetch => "fetch",
+            Stage::Decode => "decode",
+            Stage::Lookup => "lookup",
+            Stage::Enrich => "enrich",
+            Stage::Encode => "encode",
+            Stage::Read => "read",
+            Stage::Upsert => "upsert",
+            Stage::Tombstone => "tombstone",
+            Stage::Sequences => "sequences",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
+/// Time spent per [`Stage`], summed over every tile of this process (tiles run concurrently, so
+/// the sum exceeds the wall time). Logged at the end of a run with `-v`.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    nanos: [AtomicU64; Stage::ALL.len()],
+}
+
+impl StageTimes {
+    /// Adds the time since `since` to `stage`.
+    pub fn add(&self, stage: Stage, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos[stage as usize].fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Milliseconds per stage, in pipeline order.
+    pub fn millis(&self) -> Vec<(&'static str, u64)> {
+        Stage::ALL
+            .iter()
+            .map(|s| (s.name(), self.nanos[*s as usize].load(Ordering::Relaxed) / 1_000_000))
+            .collect()
+    }
+
+    /// "fetch 1200 ms, decode 300 ms, ..." (stages that took no time are left out).
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .millis()
+            .into_iter()
+            .filter(|(_, ms)| *ms > 0)
+            .map(|(n, ms)| format!("{n} {ms} ms"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// What the database knows about one record, for diffing a tile against it.
@@ -135,6 +231,8 @@ pub struct WriteCounts {
     pub total: u64,
 }
 
+const TILE_ETAG: &str = "SELECT etag FROM tile_state WHERE tileset = $1 AND z = $2 AND x = $3 AND y = $4";
+
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -179,7 +277,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(60))
             .connect_lazy_with(opts);
         tracing::debug!(%endpoint, schema, "connected to PostgreSQL");
-        Ok(Store { pool, schema: schema.to_string() })
+        Ok(Store { pool, schema: schema.to_string(), times: Arc::default() })
     }
 
     /// Ensures PostGIS and the schema exist, then applies `migrations/` inside the schema.
@@ -243,21 +341,39 @@ impl Store {
         &self.schema
     }
 
+    /// Where this process's tile time went, per stage.
+    pub fn times(&self) -> &StageTimes {
+        &self.times
+    }
+
+    /// The ETag of the tile's last fetch, for a conditional request (what [`Store::tile_snapshot`]
+    /// reads, without the live records a run without enrichment has no use for).
+    pub async fn tile_etag(&self, tileset: Tileset, tile: TileId) -> Result<Option<String>, StoreError> {
+        let (z, x, y) = tile_key(tile);
+        let etag: Option<Option<String>> = sqlx::query_scalar(TILE_ETAG)
+            .bind(tileset.name())
+            .bind(z)
+            .bind(x)
+            .bind(y)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err(format!("reading the ETag of {tileset} tile {tile}")))?;
+        Ok(etag.flatten())
+    }
+
     /// What the database holds for one tile: live ids with their tile_hash and enriched_at, for diffing.
     pub async fn tile_snapshot(&self, tileset: Tileset, tile: TileId) -> Result<TileSnapshot, StoreError> {
         let ctx = || format!("reading the snapshot of {tileset} tile {tile}");
         let (z, x, y) = tile_key(tile);
-        let etag: Option<String> = sqlx::query_scalar(
-            "SELECT etag FROM tile_state WHERE tileset = $1 AND z = $2 AND x = $3 AND y = $4",
-        )
-        .bind(tileset.name())
-        .bind(z)
-        .bind(x)
-        .bind(y)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_err(ctx()))?
-        .flatten();
+        let etag: Option<String> = sqlx::query_scalar(TILE_ETAG)
+            .bind(tileset.name())
+            .bind(z)
+            .bind(x)
+            .bind(y)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err(ctx()))?
+            .flatten();
         let rows = match feature_kind(tileset) {
             None => {
                 sqlx::query(

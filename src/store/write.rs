@@ -1,83 +1,106 @@
-//! `write_tile`: one transaction per tile — COPY into temp staging tables, set-based upserts,
-//! tombstones, sequence rebuild, bookkeeping, and the lease-checked `done` mark.
+//! `write_tile`: one transaction per tile — read what the tile holds in the database, write only
+//! the rows that change (straight COPY into the table when the tile is new there, else COPY into a
+//! temp staging table and a set-based upsert), tombstones by id, the lines of the sequences whose
+//! images changed, bookkeeping, and the lease-checked `done` mark.
+//!
+//! A re-read of an unchanged tile writes no data row at all: records whose tile fingerprint and tile
+//! are what the database holds are not sent, and every upsert is guarded so that a row that would
+//! come out equal is not rewritten (no dead tuple, no WAL); only the tile's state row records the
+//! fetch.
 
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::time::Instant;
 
-use geozero::{CoordDimensions, ToWkb};
 use sqlx::{PgConnection, Row};
 
-use super::{Store, StoreError, TileWrite, WriteCounts, feature_kind, query_err, tile_key};
+use super::{Stage, Store, StoreError, TileWrite, WriteCounts, feature_kind, query_err, tile_key};
 use crate::model::Tileset;
 
 /// How often a tile write is retried after a deadlock/serialization failure with a concurrent writer.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// Temp staging tables, dropped at commit. Created per transaction because temp tables are per session.
-const CREATE_STAGING: &str = "
+/// The images columns a tile write gives, in the order of the COPY rows ([`Staged::encode`]); the
+/// staging table has the same columns, so one encoding serves both the direct COPY and the staging.
+const COPY_IMAGES: &str = "COPY images (id, sequence_id, captured_at, compass_angle, is_pano, organization_id,
+    creator_id, tile_hash, geom, enriched_at, computed_compass_angle, creator_username, camera_type, make, model,
+    width, height, altitude, computed_altitude, quality_score, computed_geom, tile_z, tile_x, tile_y) FROM STDIN";
+const CREATE_STAGE_IMAGES: &str = "
 CREATE TEMP TABLE stage_img (
-    id bigint, seq text, captured_ms bigint, compass double precision, is_pano boolean, org bigint,
-    creator bigint, tile_hash bigint, geom geometry(Point,4326), has_details boolean,
-    computed_compass double precision, creator_username text, camera_type text, make text, model text,
+    id bigint, sequence_id text, captured_at timestamptz, compass_angle double precision, is_pano boolean,
+    organization_id bigint, creator_id bigint, tile_hash bigint, geom geometry(Point,4326), enriched_at timestamptz,
+    computed_compass_angle double precision, creator_username text, camera_type text, make text, model text,
     width integer, height integer, altitude double precision, computed_altitude double precision,
-    quality double precision, computed_geom geometry(Point,4326)
-) ON COMMIT DROP;
-CREATE TEMP TABLE stage_seq (
-    id text, captured_ms bigint, is_pano boolean, org bigint, creator bigint
-) ON COMMIT DROP;
+    quality_score double precision, computed_geom geometry(Point,4326), tile_z smallint, tile_x integer,
+    tile_y integer
+) ON COMMIT DROP";
+const COPY_STAGE_IMAGES: &str = "COPY stage_img FROM STDIN";
+
+/// The map_features columns of a tile write, in the order of the COPY rows.
+const COPY_FEATURES: &str = "COPY map_features (id, object_type, object_value, first_seen_at, last_seen_at,
+    aligned_direction, geom, tile_hash, enriched_at, tile_z, tile_x, tile_y) FROM STDIN";
+const CREATE_STAGE_FEATURES: &str = "
 CREATE TEMP TABLE stage_feat (
-    id bigint, kind text, value text, first_ms bigint, last_ms bigint, aligned double precision,
-    geom geometry(Point,4326), tile_hash bigint, has_details boolean
-) ON COMMIT DROP;
-CREATE TEMP TABLE stage_link (feature_id bigint, image_id bigint) ON COMMIT DROP;
+    id bigint, object_type text, object_value text, first_seen_at timestamptz, last_seen_at timestamptz,
+    aligned_direction double precision, geom geometry(Point,4326), tile_hash bigint, enriched_at timestamptz,
+    tile_z smallint, tile_x integer, tile_y integer
+) ON COMMIT DROP";
+const CREATE_STAGE_LINKS: &str =
+    "CREATE TEMP TABLE stage_link (feature_id bigint, image_id bigint) ON COMMIT DROP";
+const COPY_STAGE_FEATURES: &str = "COPY stage_feat FROM STDIN";
+
+const CREATE_STAGE_DETECTIONS: &str = "
 CREATE TEMP TABLE stage_det (
     id bigint, image_id bigint, feature_id bigint, value text, created_ms bigint, wkb bytea, b64 text
-) ON COMMIT DROP;
-CREATE TEMP TABLE touched_seq (id text) ON COMMIT DROP;
-";
+) ON COMMIT DROP";
 
+/// The tile's live images as the database holds them: what a re-read is compared with.
+const LIVE_IMAGES: &str = "SELECT id, tile_hash FROM images
+    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL";
+const LIVE_FEATURES: &str = "SELECT id, tile_hash FROM map_features
+    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL";
+
+// Staged rows only: the ones that differ from the tile's live rows (new, changed, moved in,
+// revived, or with fresh details).
 const COUNT_IMAGES: &str = "
 SELECT count(*) FILTER (WHERE i.id IS NULL),
        count(*) FILTER (WHERE i.id IS NOT NULL AND i.deleted_at IS NULL
-                        AND (i.tile_hash IS DISTINCT FROM s.tile_hash OR s.has_details
+                        AND (i.tile_hash IS DISTINCT FROM s.tile_hash OR s.enriched_at IS NOT NULL
                              OR i.tile_z IS DISTINCT FROM $1 OR i.tile_x IS DISTINCT FROM $2
                              OR i.tile_y IS DISTINCT FROM $3)),
        count(*) FILTER (WHERE i.deleted_at IS NOT NULL),
        count(*)
-FROM (SELECT DISTINCT ON (id) id, tile_hash, has_details FROM stage_img ORDER BY id, has_details DESC) s
+FROM (SELECT DISTINCT ON (id) id, tile_hash, enriched_at FROM stage_img ORDER BY id, enriched_at IS NOT NULL DESC) s
 LEFT JOIN images i ON i.id = s.id";
 
 const COUNT_FEATURES: &str = "
 SELECT count(*) FILTER (WHERE f.id IS NULL),
        count(*) FILTER (WHERE f.id IS NOT NULL AND f.deleted_at IS NULL
-                        AND (f.tile_hash IS DISTINCT FROM s.tile_hash OR s.has_details
+                        AND (f.tile_hash IS DISTINCT FROM s.tile_hash OR s.enriched_at IS NOT NULL
                              OR f.tile_z IS DISTINCT FROM $1 OR f.tile_x IS DISTINCT FROM $2
                              OR f.tile_y IS DISTINCT FROM $3)),
        count(*) FILTER (WHERE f.deleted_at IS NOT NULL),
        count(*)
-FROM (SELECT DISTINCT ON (id) id, tile_hash, has_details FROM stage_feat ORDER BY id, has_details DESC) s
+FROM (SELECT DISTINCT ON (id) id, tile_hash, enriched_at FROM stage_feat ORDER BY id, enriched_at IS NOT NULL DESC) s
 LEFT JOIN map_features f ON f.id = s.id";
 
-/// Sequences whose geometry may change: the ones written images belong to now and belonged to before.
-const TOUCH_SEQUENCES: &str = "
-INSERT INTO touched_seq (id)
-SELECT i.sequence_id FROM images i
-WHERE i.id = ANY(ARRAY(SELECT id FROM stage_img)) AND i.sequence_id IS NOT NULL
-UNION SELECT seq FROM stage_img WHERE seq IS NOT NULL
-UNION SELECT id FROM stage_seq";
+/// The sequences the written images belonged to before (their lines lose those images).
+const FORMER_SEQUENCES: &str = "
+SELECT DISTINCT sequence_id FROM images WHERE id = ANY($1) AND sequence_id IS NOT NULL";
 
 // $1: the tileset is computed (its tile positions are SfM positions, not the original GPS ones).
-// enriched_at of the proposed row is non-NULL exactly when details were given, so ON CONFLICT uses
-// it as the has_details flag (EXCLUDED only exposes target-table columns).
+// enriched_at of the proposed row is non-NULL exactly when details were given ('now' in the COPY
+// text), so ON CONFLICT uses it as the has-details flag. The WHERE keeps a row that would come out
+// equal from being rewritten (a concurrent writer may have written it since the tile was read).
 const UPSERT_IMAGES: &str = "
 INSERT INTO images AS i (id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
     creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
-    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash,
-    first_harvested_at, last_harvested_at, enriched_at, deleted_at)
-SELECT DISTINCT ON (id) id, seq, to_timestamp(captured_ms / 1000.0), compass, computed_compass, is_pano,
-    creator, creator_username, org, camera_type, make, model, width, height, altitude,
-    computed_altitude, quality, geom, computed_geom, $2, $3, $4, tile_hash,
-    now(), now(), CASE WHEN has_details THEN now() END, NULL
-FROM stage_img ORDER BY id, has_details DESC
+    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at)
+SELECT DISTINCT ON (id) id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
+    creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
+    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at
+FROM stage_img ORDER BY id, enriched_at IS NOT NULL DESC
 ON CONFLICT (id) DO UPDATE SET
     sequence_id = COALESCE(EXCLUDED.sequence_id, i.sequence_id),
     captured_at = COALESCE(EXCLUDED.captured_at, i.captured_at),
@@ -109,34 +132,39 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, i.enriched_at),
-    deleted_at = NULL";
+    deleted_at = NULL
+WHERE EXCLUDED.enriched_at IS NOT NULL OR i.deleted_at IS NOT NULL
+   OR i.tile_hash IS DISTINCT FROM EXCLUDED.tile_hash
+   OR (i.tile_z, i.tile_x, i.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)";
 
-// $4 is unused for images; both statements take the same binds.
-const HAS_LIVE_IMAGES: &str = "SELECT EXISTS (SELECT 1 FROM images
-    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL AND $4::text IS NOT NULL)";
-const HAS_LIVE_FEATURES: &str = "SELECT EXISTS (SELECT 1 FROM map_features
-    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL)";
-
+/// Records of the tile that vanished from it, by id; the tile condition leaves alone any that
+/// another tile's writer has moved away meanwhile. Returns their sequences.
 const TOMBSTONE_IMAGES: &str = "
-WITH t AS (
-    UPDATE images i SET deleted_at = now()
-    WHERE i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM stage_img s WHERE s.id = i.id)
-    RETURNING i.sequence_id
-), touched AS (
-    INSERT INTO touched_seq (id) SELECT sequence_id FROM t WHERE sequence_id IS NOT NULL
-)
-SELECT count(*) FROM t";
+UPDATE images SET deleted_at = now()
+WHERE id = ANY($4) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL
+RETURNING sequence_id";
 
-/// Rebuilds every touched sequence from its live images: ordered by capture time then id, a new
-/// line part wherever consecutive images are more than 150 m apart; parts of one image are dropped
-/// (a one-point line is invalid), so a sequence of isolated images has a NULL geometry.
-// `= ANY(ARRAY(...))` rather than a join with the temp tables: temp tables have no statistics, and
-// the planner's default guess (about 1,400 rows) made it read every live image for each tile
-// (seconds per tile once `images` holds a few hundred thousand rows); an array lookup is always
-// an index scan on images_sequence_idx / the primary key.
-const REBUILD_SEQUENCES: &str = "
-WITH ids AS (SELECT DISTINCT id FROM touched_seq),
+/// The tile's sequences (deduplicated arrays: id, is_pano, creator, organization) whose row is
+/// missing or whose attributes the tile changes; the others need no rebuild for the tile's sake.
+const SEQUENCES_TO_UPDATE: &str = "
+SELECT t.id FROM unnest($1::text[], $2::boolean[], $3::bigint[], $4::bigint[]) AS t(id, is_pano, creator, org)
+LEFT JOIN sequences s ON s.id = t.id
+WHERE s.id IS NULL
+   OR (t.is_pano IS NOT NULL AND t.is_pano IS DISTINCT FROM s.is_pano)
+   OR (t.creator IS NOT NULL AND t.creator IS DISTINCT FROM s.creator_id)
+   OR (t.org IS NOT NULL AND t.org IS DISTINCT FROM s.organization_id)";
+
+/// Rebuilds sequences from their live images: ordered by capture time then id, a new line part
+/// wherever consecutive images are more than 150 m apart; parts of one image are dropped (a
+/// one-point line is invalid), so a sequence of isolated images has a NULL geometry. $1: the
+/// sequence ids; $2..$5: the tile's sequence attributes (arrays as in SEQUENCES_TO_UPDATE).
+// `= ANY($1)` is an index scan on images_sequence_idx whatever the planner knows of the tables.
+macro_rules! rebuild_sequences {
+    ($ids:literal, $conflict:literal) => {
+        concat!(
+            "WITH ids AS (",
+            $ids,
+            "),
 pts AS (
     SELECT i.sequence_id AS sid, i.id, i.captured_at, i.geom, i.is_pano, i.creator_id, i.organization_id,
            CASE WHEN lag(i.geom) OVER w IS NULL OR ST_DistanceSphere(lag(i.geom) OVER w, i.geom) > 150
@@ -161,7 +189,7 @@ agg AS (
     FROM pts GROUP BY sid
 ),
 tile_seq AS (
-    SELECT DISTINCT ON (id) id, is_pano, org, creator FROM stage_seq ORDER BY id
+    SELECT * FROM unnest($2::text[], $3::boolean[], $4::bigint[], $5::bigint[]) AS t(id, is_pano, creator, org)
 )
 INSERT INTO sequences AS s (id, geom, image_count, first_captured_at, last_captured_at, is_pano,
     creator_id, organization_id, updated_at)
@@ -173,20 +201,49 @@ LEFT JOIN agg ON agg.sid = ids.id
 LEFT JOIN lines ON lines.sid = ids.id
 LEFT JOIN tile_seq ON tile_seq.id = ids.id
 ORDER BY ids.id
-ON CONFLICT (id) DO UPDATE SET
+",
+            $conflict
+        )
+    };
+}
+
+/// Phase 1: inserts the touched sequences that have no row yet. A concurrent writer's uncommitted
+/// row of the same id makes the insert wait for it, then skip the id (phase 2 rebuilds it).
+const INSERT_NEW_SEQUENCES: &str = rebuild_sequences!(
+    "SELECT DISTINCT t.id FROM unnest($1::text[]) AS t(id)
+     WHERE NOT EXISTS (SELECT 1 FROM sequences q WHERE q.id = t.id)",
+    "ON CONFLICT (id) DO NOTHING RETURNING s.id"
+);
+
+/// Phase 2 takes the row locks of the other touched sequences first (in id order), so that a
+/// writer that changed their images before us has committed: READ COMMITTED gives the next
+/// statement a snapshot with its images, and the line we write includes them. Without the lock,
+/// two tiles sharing a sequence could each write a line from its own images only.
+const LOCK_SEQUENCES: &str = "SELECT id FROM sequences WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// Phase 2: rebuilds the locked sequences; a row that comes out equal is not rewritten.
+const REBUILD_SEQUENCES: &str = rebuild_sequences!(
+    "SELECT DISTINCT unnest($1::text[]) AS id",
+    "ON CONFLICT (id) DO UPDATE SET
     geom = EXCLUDED.geom, image_count = EXCLUDED.image_count,
     first_captured_at = EXCLUDED.first_captured_at, last_captured_at = EXCLUDED.last_captured_at,
     is_pano = COALESCE(EXCLUDED.is_pano, s.is_pano),
     creator_id = COALESCE(EXCLUDED.creator_id, s.creator_id),
     organization_id = COALESCE(EXCLUDED.organization_id, s.organization_id),
-    updated_at = now()";
+    updated_at = now()
+WHERE (s.image_count, s.first_captured_at, s.last_captured_at, s.is_pano, s.creator_id, s.organization_id)
+      IS DISTINCT FROM (EXCLUDED.image_count, EXCLUDED.first_captured_at, EXCLUDED.last_captured_at,
+                        COALESCE(EXCLUDED.is_pano, s.is_pano), COALESCE(EXCLUDED.creator_id, s.creator_id),
+                        COALESCE(EXCLUDED.organization_id, s.organization_id))
+   OR ST_AsEWKB(s.geom) IS DISTINCT FROM ST_AsEWKB(EXCLUDED.geom)"
+);
 
 const UPSERT_FEATURES: &str = "
 INSERT INTO map_features AS f (id, object_value, object_type, first_seen_at, last_seen_at, aligned_direction,
-    geom, tile_z, tile_x, tile_y, tile_hash, first_harvested_at, last_harvested_at, enriched_at, deleted_at)
-SELECT DISTINCT ON (id) id, value, kind, to_timestamp(first_ms / 1000.0), to_timestamp(last_ms / 1000.0),
-    aligned, geom, $1, $2, $3, tile_hash, now(), now(), CASE WHEN has_details THEN now() END, NULL
-FROM stage_feat ORDER BY id, has_details DESC
+    geom, tile_z, tile_x, tile_y, tile_hash, enriched_at)
+SELECT DISTINCT ON (id) id, object_value, object_type, first_seen_at, last_seen_at, aligned_direction,
+    geom, tile_z, tile_x, tile_y, tile_hash, enriched_at
+FROM stage_feat ORDER BY id, enriched_at IS NOT NULL DESC
 ON CONFLICT (id) DO UPDATE SET
     object_value = COALESCE(EXCLUDED.object_value, f.object_value),
     object_type = EXCLUDED.object_type,
@@ -203,15 +260,17 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, f.enriched_at),
-    deleted_at = NULL";
+    deleted_at = NULL
+WHERE EXCLUDED.enriched_at IS NOT NULL OR f.deleted_at IS NOT NULL
+   OR f.tile_hash IS DISTINCT FROM EXCLUDED.tile_hash OR f.object_type IS DISTINCT FROM EXCLUDED.object_type
+   OR (f.tile_z, f.tile_x, f.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)";
 
 const TOMBSTONE_FEATURES: &str = "
-UPDATE map_features f SET deleted_at = now()
-WHERE f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4 AND f.deleted_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM stage_feat s WHERE s.id = f.id)";
+UPDATE map_features SET deleted_at = now()
+WHERE id = ANY($5) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL";
 
 const REPLACE_LINKS: &str = "
-DELETE FROM map_feature_images WHERE map_feature_id IN (SELECT id FROM stage_feat WHERE has_details)";
+DELETE FROM map_feature_images WHERE map_feature_id IN (SELECT id FROM stage_feat WHERE enriched_at IS NOT NULL)";
 const INSERT_LINKS: &str = "
 INSERT INTO map_feature_images (map_feature_id, image_id)
 SELECT DISTINCT feature_id, image_id FROM stage_link ORDER BY 1, 2 ON CONFLICT DO NOTHING";
@@ -248,9 +307,14 @@ UPDATE harvest_tile SET state = 'done', lease_expires_at = NULL, last_error = NU
     images = $7, sequences = $8, features = $9, new = $10, changed = $11, deleted = $12, updated_at = now()
 WHERE run_id = $1 AND tileset = $2 AND z = $3 AND x = $4 AND y = $5 AND lease_owner = $6 AND state = 'leased'";
 
+/// PostgreSQL's unique_violation: a direct COPY met a record that exists after all.
+const UNIQUE_VIOLATION: &str = "23505";
+
 pub(super) async fn write_tile(store: &Store, w: &TileWrite) -> Result<WriteCounts, StoreError> {
     // Encoding is pure CPU work: do it once, outside the retried transaction.
+    let encoding = Instant::now();
     let staged = Staged::encode(w)?;
+    store.times().add(Stage::Encode, encoding);
     let mut attempt = 1;
     loop {
         let started = Instant::now();
@@ -278,10 +342,17 @@ fn is_retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01") | Some("40001")))
 }
 
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Query { source: sqlx::Error::Database(db), .. }
+        if db.code().as_deref() == Some(UNIQUE_VIOLATION))
+}
+
 async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCounts, StoreError> {
     let tile = w.tile;
     let ctx = |what: &str| format!("{what} for {} tile {tile}", w.tileset);
     let (z, x, y) = tile_key(tile);
+    let times = store.times();
+    let reading = Instant::now();
     let mut tx = store.pool().begin().await.map_err(query_err(ctx("starting the write")))?;
 
     // Lock our job row first: fail fast if the lease is gone, and make a concurrent claimer skip it.
@@ -301,117 +372,129 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
 
     let mut counts = WriteCounts::default();
     if !w.unchanged {
-        sqlx::raw_sql(CREATE_STAGING)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err(ctx("creating staging tables")))?;
         let conn: &mut PgConnection = &mut tx;
-        copy(conn, "COPY stage_img FROM STDIN", &s.images, &ctx("staging images")).await?;
-        copy(conn, "COPY stage_seq FROM STDIN", &s.sequences, &ctx("staging sequences")).await?;
-        copy(conn, "COPY stage_feat FROM STDIN", &s.features, &ctx("staging map features")).await?;
-        copy(conn, "COPY stage_link FROM STDIN", &s.links, &ctx("staging feature images")).await?;
-        copy(conn, "COPY stage_det FROM STDIN", &s.detections, &ctx("staging detections")).await?;
-        let coverage = w.tileset.is_coverage();
-        // A tile with no live rows yet (every tile of a first harvest) has nothing to tombstone: we
-        // hold its lease, and only this tile's own writes give rows its coordinates.
-        let had_live: bool = sqlx::query_scalar(if coverage { HAS_LIVE_IMAGES } else { HAS_LIVE_FEATURES })
-            .bind(z)
-            .bind(x)
-            .bind(y)
-            .bind(feature_kind(w.tileset).unwrap_or(""))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(query_err(ctx("checking for live rows")))?;
-        if had_live {
-            // Temp tables have no statistics and no index: without both, the tombstone anti-join of a
-            // 30k-image tile became a 30k x 30k nested loop (42 s instead of milliseconds).
-            sqlx::raw_sql(
-                "CREATE INDEX ON stage_img (id); CREATE INDEX ON stage_feat (id); ANALYZE stage_img; ANALYZE stage_feat",
-            )
-            .execute(&mut *conn)
-            .await
-            .map_err(query_err(ctx("analyzing staging tables")))?;
+        let kind = feature_kind(w.tileset);
+        // What the tile holds in the database now. Under our lease only this tile's writer gives
+        // rows these coordinates, so this is exact for the rest of the transaction (rows can only
+        // leave, moved by a neighbour's writer; the statements below re-check the tile).
+        let live = read_live(conn, kind, (z, x, y), &ctx("reading the tile's live rows")).await?;
+        times.add(Stage::Read, reading);
+        let (rows, plan) = match kind {
+            None => (&s.images, plan(&s.images.keys, &live)),
+            Some(_) => (&s.features, plan(&s.features.keys, &live)),
+        };
+        counts.total = plan.distinct;
+        let mut touched: HashSet<String> = HashSet::new();
+
+        let upserting = Instant::now();
+        if !plan.write.is_empty() {
+            let ids: Vec<i64> = plan.write.iter().map(|&i| rows.keys[i].id).collect();
+            // A tile that has no live row and lists each record once is (almost always) new to the
+            // database: COPY straight into the table. A record stored under another tile or
+            // tombstoned makes the COPY fail on the primary key; the savepoint then gives the
+            // staging path its turn, in the same transaction.
+            let mut direct = live.is_empty() && plan.unique;
+            if direct {
+                match copy_direct(conn, kind, rows, &plan.write, &ctx).await {
+                    Ok(()) => counts.new += ids.len() as u64,
+                    Err(e) if is_unique_violation(&e) => direct = false,
+                    Err(e) => return Err(e),
+                }
+                if direct && !rows.links.is_empty() {
+                    // New features with details: their image links (no old ones to replace).
+                    sqlx::raw_sql(CREATE_STAGE_LINKS)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("creating the links staging table")))?;
+                    copy(conn, "COPY stage_link FROM STDIN", &rows.links, &ctx("staging feature images"))
+                        .await?;
+                    sqlx::query(INSERT_LINKS)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("linking feature images")))?;
+                }
+            }
+            if !direct {
+                add(
+                    &mut counts,
+                    stage_and_upsert(conn, w, kind, rows, &plan.write, &ids, &mut touched, &ctx).await?,
+                );
+            }
+            if kind.is_none() {
+                touched.extend(plan.write.iter().filter_map(|&i| s.image_sequences[i].clone()));
+            }
+        }
+        times.add(Stage::Upsert, upserting);
+
+        let tombstoning = Instant::now();
+        if !plan.vanished.is_empty() {
+            match kind {
+                None => {
+                    let seqs: Vec<Option<String>> = sqlx::query_scalar(TOMBSTONE_IMAGES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(&plan.vanished)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("tombstoning vanished images")))?;
+                    counts.deleted += seqs.len() as u64;
+                    touched.extend(seqs.into_iter().flatten());
+                }
+                Some(kind) => {
+                    let r = sqlx::query(TOMBSTONE_FEATURES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(kind)
+                        .bind(&plan.vanished)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("tombstoning vanished map features")))?;
+                    counts.deleted += r.rows_affected();
+                }
+            }
+        }
+        times.add(Stage::Tombstone, tombstoning);
+
+        if kind.is_none() || !w.sequences.is_empty() {
+            let rebuilding = Instant::now();
+            let tile_seqs = TileSequences::of(w);
+            if !tile_seqs.ids.is_empty() {
+                let update: Vec<String> = sqlx::query_scalar(SEQUENCES_TO_UPDATE)
+                    .bind(&tile_seqs.ids)
+                    .bind(&tile_seqs.is_pano)
+                    .bind(&tile_seqs.creator)
+                    .bind(&tile_seqs.org)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("comparing the tile's sequences")))?;
+                touched.extend(update);
+            }
+            if !touched.is_empty() {
+                rebuild_sequences(conn, touched, &tile_seqs, &ctx).await?;
+            }
+            times.add(Stage::Sequences, rebuilding);
         }
 
-        if !w.images.is_empty() {
-            add(
-                &mut counts,
-                fetch_counts(conn, COUNT_IMAGES, (z, x, y), &ctx("counting image changes")).await?,
-            );
-            sqlx::query(TOUCH_SEQUENCES)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("collecting touched sequences")))?;
-            sqlx::query(UPSERT_IMAGES)
-                .bind(w.tileset == Tileset::ComputedPublic)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("upserting images")))?;
-        } else if !w.sequences.is_empty() {
-            sqlx::query(TOUCH_SEQUENCES)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("collecting touched sequences")))?;
-        }
-        if coverage && had_live {
-            let deleted: i64 = sqlx::query_scalar(TOMBSTONE_IMAGES)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(query_err(ctx("tombstoning vanished images")))?;
-            counts.deleted += deleted as u64;
-        }
-        if coverage || !w.images.is_empty() || !w.sequences.is_empty() {
-            sqlx::query(REBUILD_SEQUENCES)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("rebuilding sequences")))?;
-        }
-        if !w.features.is_empty() {
-            add(
-                &mut counts,
-                fetch_counts(conn, COUNT_FEATURES, (z, x, y), &ctx("counting feature changes")).await?,
-            );
-            sqlx::query(UPSERT_FEATURES)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("upserting map features")))?;
-            sqlx::query(REPLACE_LINKS)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("replacing feature images")))?;
-            sqlx::query(INSERT_LINKS)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("linking feature images")))?;
-        }
-        if let Some(kind) = feature_kind(w.tileset).filter(|_| had_live) {
-            let r = sqlx::query(TOMBSTONE_FEATURES)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .bind(kind)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("tombstoning vanished map features")))?;
-            counts.deleted += r.rows_affected();
-        }
         if !w.detections.is_empty() {
+            let upserting = Instant::now();
+            sqlx::raw_sql(CREATE_STAGE_DETECTIONS)
+                .execute(&mut *conn)
+                .await
+                .map_err(query_err(ctx("creating the detections staging table")))?;
+            copy(conn, "COPY stage_det FROM STDIN", &s.detections, &ctx("staging detections")).await?;
             sqlx::query(UPSERT_DETECTIONS)
                 .execute(&mut *conn)
                 .await
                 .map_err(query_err(ctx("upserting detections")))?;
+            times.add(Stage::Upsert, upserting);
         }
+    } else {
+        times.add(Stage::Read, reading);
     }
 
+    let committing = Instant::now();
     let changed = counts.new + counts.changed + counts.deleted + counts.revived > 0;
     let record_count = if w.tileset.is_coverage() { s.image_count } else { s.feature_count };
     sqlx::query(UPSERT_TILE_STATE)
@@ -448,14 +531,170 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
         return Err(StoreError::LeaseLost { run_id: w.run_id, tileset: w.tileset, tile });
     }
     tx.commit().await.map_err(query_err(ctx("committing")))?;
+    times.add(Stage::Commit, committing);
     Ok(counts)
 }
 
-fn add(c: &mut WriteCounts, (new, changed, revived, total): (u64, u64, u64, u64)) {
+/// Rebuilds the lines of the touched sequences: new ones inserted, existing ones locked and
+/// recomputed (see LOCK_SEQUENCES for why).
+async fn rebuild_sequences(
+    conn: &mut PgConnection,
+    touched: HashSet<String>,
+    tile_seqs: &TileSequences,
+    ctx: &(dyn Fn(&str) -> String + Sync),
+) -> Result<(), StoreError> {
+    // Sorted: concurrent writers of shared sequences take them in the same order.
+    let mut ids: Vec<String> = touched.into_iter().collect();
+    ids.sort_unstable();
+    let inserted: Vec<String> = sqlx::query_scalar(INSERT_NEW_SEQUENCES)
+        .bind(&ids)
+        .bind(&tile_seqs.ids)
+        .bind(&tile_seqs.is_pano)
+        .bind(&tile_seqs.creator)
+        .bind(&tile_seqs.org)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err(ctx("inserting new sequences")))?;
+    if inserted.len() == ids.len() {
+        return Ok(());
+    }
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    ids.retain(|id| !inserted.contains(id));
+    sqlx::query(LOCK_SEQUENCES)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(ctx("locking sequences")))?;
+    sqlx::query(REBUILD_SEQUENCES)
+        .bind(&ids)
+        .bind(&tile_seqs.ids)
+        .bind(&tile_seqs.is_pano)
+        .bind(&tile_seqs.creator)
+        .bind(&tile_seqs.org)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(ctx("rebuilding sequences")))?;
+    Ok(())
+}
+
+/// Live ids of the tile (images, or the features of one kind) with their stored fingerprints.
+async fn read_live(
+    conn: &mut PgConnection,
+    kind: Option<&'static str>,
+    (z, x, y): (i16, i32, i32),
+    ctx: &str,
+) -> Result<HashMap<i64, Option<i64>>, StoreError> {
+    let rows: Vec<(i64, Option<i64>)> = match kind {
+        None => sqlx::query_as(LIVE_IMAGES).bind(z).bind(x).bind(y).fetch_all(&mut *conn).await,
+        Some(kind) => {
+            sqlx::query_as(LIVE_FEATURES).bind(z).bind(x).bind(y).bind(kind).fetch_all(&mut *conn).await
+        }
+    }
+    .map_err(query_err(ctx))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// COPY of the planned rows straight into the table, inside a savepoint so that a primary-key
+/// conflict can be rolled back alone.
+async fn copy_direct(
+    conn: &mut PgConnection,
+    kind: Option<&'static str>,
+    rows: &EncodedRows,
+    write: &[usize],
+    ctx: &(dyn Fn(&str) -> String + Sync),
+) -> Result<(), StoreError> {
+    sqlx::raw_sql("SAVEPOINT direct_copy")
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(ctx("opening a savepoint")))?;
+    let stmt = if kind.is_none() { COPY_IMAGES } else { COPY_FEATURES };
+    match copy(conn, stmt, &rows.select(write), &ctx("copying new rows")).await {
+        Ok(()) => {
+            sqlx::raw_sql("RELEASE SAVEPOINT direct_copy")
+                .execute(&mut *conn)
+                .await
+                .map_err(query_err(ctx("releasing a savepoint")))?;
+            Ok(())
+        }
+        Err(e) => {
+            if is_unique_violation(&e) {
+                tracing::debug!(error = %e, "a direct COPY met a stored record; staging instead");
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT direct_copy")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("rolling back to a savepoint")))?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The staging path: COPY the planned rows into a temp table, count what they change, upsert.
+/// Adds the sequences the written images belonged to before to `touched`.
+#[allow(clippy::too_many_arguments)]
+async fn stage_and_upsert(
+    conn: &mut PgConnection,
+    w: &TileWrite,
+    kind: Option<&'static str>,
+    rows: &EncodedRows,
+    write: &[usize],
+    ids: &[i64],
+    touched: &mut HashSet<String>,
+    ctx: &(dyn Fn(&str) -> String + Sync),
+) -> Result<(u64, u64, u64, u64), StoreError> {
+    let (z, x, y) = tile_key(w.tile);
+    let data = rows.select(write);
+    if kind.is_none() {
+        sqlx::raw_sql(CREATE_STAGE_IMAGES)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("creating the staging table")))?;
+        copy(conn, COPY_STAGE_IMAGES, &data, &ctx("staging images")).await?;
+        let counts = fetch_counts(conn, COUNT_IMAGES, (z, x, y), &ctx("counting image changes")).await?;
+        let former: Vec<String> = sqlx::query_scalar(FORMER_SEQUENCES)
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err(ctx("collecting touched sequences")))?;
+        touched.extend(former);
+        sqlx::query(UPSERT_IMAGES)
+            .bind(w.tileset == Tileset::ComputedPublic)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("upserting images")))?;
+        Ok(counts)
+    } else {
+        sqlx::raw_sql(CREATE_STAGE_FEATURES)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("creating the staging table")))?;
+        sqlx::raw_sql(CREATE_STAGE_LINKS)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("creating the links staging table")))?;
+        copy(conn, COPY_STAGE_FEATURES, &data, &ctx("staging map features")).await?;
+        copy(conn, "COPY stage_link FROM STDIN", &rows.links, &ctx("staging feature images")).await?;
+        let counts = fetch_counts(conn, COUNT_FEATURES, (z, x, y), &ctx("counting feature changes")).await?;
+        sqlx::query(UPSERT_FEATURES)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("upserting map features")))?;
+        sqlx::query(REPLACE_LINKS)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("replacing feature images")))?;
+        sqlx::query(INSERT_LINKS)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(ctx("linking feature images")))?;
+        Ok(counts)
+    }
+}
+
+fn add(c: &mut WriteCounts, (new, changed, revived, _staged): (u64, u64, u64, u64)) {
     c.new += new;
     c.changed += changed;
     c.revived += revived;
-    c.total += total;
 }
 
 fn to_i32(n: usize) -> i32 {
@@ -491,12 +730,107 @@ async fn copy(conn: &mut PgConnection, stmt: &str, data: &[u8], ctx: &str) -> Re
     Ok(())
 }
 
+/// What a tile write must do with its rows, given what the tile holds in the database.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// Indexes of the rows to write: new, changed, moved in, revived, or with details. A record
+    /// listed twice is always written (the upsert keeps one row per id).
+    write: Vec<usize>,
+    /// Live ids of the tile it no longer lists (sorted: tombstones lock rows in id order).
+    vanished: Vec<i64>,
+    /// Distinct ids the tile lists.
+    distinct: u64,
+    /// No id is listed twice.
+    unique: bool,
+}
+
+/// Compares a tile's rows with its live rows in the database.
+fn plan(keys: &[RowKey], live: &HashMap<i64, Option<i64>>) -> Plan {
+    let mut seen: HashMap<i64, u32> = HashMap::with_capacity(keys.len());
+    for k in keys {
+        *seen.entry(k.id).or_default() += 1;
+    }
+    let write = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.has_details || seen[&k.id] > 1 || live.get(&k.id) != Some(&Some(k.tile_hash)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut vanished: Vec<i64> = live.keys().filter(|id| !seen.contains_key(id)).copied().collect();
+    vanished.sort_unstable();
+    Plan { write, vanished, distinct: seen.len() as u64, unique: seen.len() == keys.len() }
+}
+
+/// The identity of one encoded row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RowKey {
+    id: i64,
+    tile_hash: i64,
+    has_details: bool,
+}
+
+/// COPY text rows with each row's end, so that a write can send any subset of them.
+#[derive(Debug, Default)]
+struct EncodedRows {
+    text: CopyText,
+    ends: Vec<usize>,
+    keys: Vec<RowKey>,
+    /// stage_link rows (feature, image) of the features with details.
+    links: Vec<u8>,
+}
+
+impl EncodedRows {
+    fn end_row(&mut self, key: RowKey) {
+        self.text.end_row();
+        self.ends.push(self.text.buf.len());
+        self.keys.push(key);
+    }
+
+    /// The rows `idx` (ascending, distinct), concatenated.
+    fn select(&self, idx: &[usize]) -> Cow<'_, [u8]> {
+        if idx.len() == self.ends.len() {
+            return Cow::Borrowed(&self.text.buf);
+        }
+        let mut out = Vec::new();
+        for &i in idx {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            out.extend_from_slice(&self.text.buf[start..self.ends[i]]);
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// The tile's sequences as array binds (one entry per id, the first listed wins).
+struct TileSequences {
+    ids: Vec<String>,
+    is_pano: Vec<Option<bool>>,
+    creator: Vec<Option<i64>>,
+    org: Vec<Option<i64>>,
+}
+
+impl TileSequences {
+    fn of(w: &TileWrite) -> TileSequences {
+        let mut t =
+            TileSequences { ids: Vec::new(), is_pano: Vec::new(), creator: Vec::new(), org: Vec::new() };
+        let mut seen = HashSet::new();
+        for s in &w.sequences {
+            if seen.insert(s.id.as_str()) {
+                t.ids.push(s.id.clone());
+                t.is_pano.push(s.is_pano);
+                t.creator.push(s.creator_id);
+                t.org.push(s.organization_id);
+            }
+        }
+        t
+    }
+}
+
 /// COPY text-format payloads of one tile, encoded once.
 struct Staged {
-    images: Vec<u8>,
-    sequences: Vec<u8>,
-    features: Vec<u8>,
-    links: Vec<u8>,
+    images: EncodedRows,
+    /// The sequence each image row names (to rebuild the lines of written images' sequences).
+    image_sequences: Vec<Option<String>>,
+    features: EncodedRows,
     detections: Vec<u8>,
     image_count: i32,
     feature_count: i32,
@@ -505,7 +839,10 @@ struct Staged {
 impl Staged {
     fn encode(w: &TileWrite) -> Result<Staged, StoreError> {
         let computed = w.tileset == Tileset::ComputedPublic;
-        let mut img = CopyText::with_capacity(w.images.len() * 160);
+        let (z, x, y) = tile_key(w.tile);
+        let mut img =
+            EncodedRows { text: CopyText::with_capacity(w.images.len() * 200), ..Default::default() };
+        let mut image_sequences = Vec::with_capacity(w.images.len());
         for r in &w.images {
             let t = &r.tile;
             let d = r.details.as_ref();
@@ -517,61 +854,64 @@ impl Staged {
                 None => None,
             };
             let what = || format!("image {}", t.id);
-            img.int(Some(t.id.0));
-            img.text(d.and_then(|d| d.sequence_id.as_deref()).or(t.sequence_id.as_deref()));
-            img.int(d.and_then(|d| d.captured_at_ms).or(t.captured_at_ms));
-            img.float(d.and_then(|d| d.compass_angle).or(t.compass_angle));
-            img.bool(d.and_then(|d| d.is_pano).or(t.is_pano));
-            img.int(d.and_then(|d| d.organization_id).or(t.organization_id));
-            img.int(d.and_then(|d| d.creator_id).or(t.creator_id));
-            img.int(Some(r.tile_hash));
-            img.point(Some(geom), &what)?;
-            img.bool(Some(d.is_some()));
-            img.float(d.and_then(|d| d.computed_compass_angle));
-            img.text(d.and_then(|d| d.creator_username.as_deref()));
-            img.text(d.and_then(|d| d.camera_type.as_deref()));
-            img.text(d.and_then(|d| d.make.as_deref()));
-            img.text(d.and_then(|d| d.model.as_deref()));
-            img.int(d.and_then(|d| d.width).map(i64::from));
-            img.int(d.and_then(|d| d.height).map(i64::from));
-            img.float(d.and_then(|d| d.altitude));
-            img.float(d.and_then(|d| d.computed_altitude));
-            img.float(d.and_then(|d| d.quality_score));
-            img.point(computed_geom, &what)?;
-            img.end_row();
+            let seq = d.and_then(|d| d.sequence_id.as_deref()).or(t.sequence_id.as_deref());
+            let c = &mut img.text;
+            c.int(Some(t.id.0));
+            c.text(seq);
+            c.timestamp(d.and_then(|d| d.captured_at_ms).or(t.captured_at_ms), &what)?;
+            c.float(d.and_then(|d| d.compass_angle).or(t.compass_angle));
+            c.bool(d.and_then(|d| d.is_pano).or(t.is_pano));
+            c.int(d.and_then(|d| d.organization_id).or(t.organization_id));
+            c.int(d.and_then(|d| d.creator_id).or(t.creator_id));
+            c.int(Some(r.tile_hash));
+            c.point(Some(geom), &what)?;
+            c.now_if(d.is_some());
+            c.float(d.and_then(|d| d.computed_compass_angle));
+            c.text(d.and_then(|d| d.creator_username.as_deref()));
+            c.text(d.and_then(|d| d.camera_type.as_deref()));
+            c.text(d.and_then(|d| d.make.as_deref()));
+            c.text(d.and_then(|d| d.model.as_deref()));
+            c.int(d.and_then(|d| d.width).map(i64::from));
+            c.int(d.and_then(|d| d.height).map(i64::from));
+            c.float(d.and_then(|d| d.altitude));
+            c.float(d.and_then(|d| d.computed_altitude));
+            c.float(d.and_then(|d| d.quality_score));
+            c.point(computed_geom, &what)?;
+            c.int(Some(i64::from(z)));
+            c.int(Some(i64::from(x)));
+            c.int(Some(i64::from(y)));
+            image_sequences.push(seq.map(str::to_string));
+            img.end_row(RowKey { id: t.id.0, tile_hash: r.tile_hash, has_details: d.is_some() });
         }
-        let mut seq = CopyText::with_capacity(w.sequences.len() * 64);
-        for s in &w.sequences {
-            seq.text(Some(&s.id));
-            seq.int(s.captured_at_ms);
-            seq.bool(s.is_pano);
-            seq.int(s.organization_id);
-            seq.int(s.creator_id);
-            seq.end_row();
-        }
-        let mut feat = CopyText::with_capacity(w.features.len() * 120);
+        let mut feat =
+            EncodedRows { text: CopyText::with_capacity(w.features.len() * 160), ..Default::default() };
         let mut links = CopyText::with_capacity(0);
         for r in &w.features {
             let t = &r.tile;
             let d = r.details.as_ref();
             let what = || format!("map feature {}", t.id);
-            feat.int(Some(t.id.0));
+            let c = &mut feat.text;
+            c.int(Some(t.id.0));
             // The tile's kind, not the API's spelling ("trafficsign"): tombstones select on it.
-            feat.text(Some(t.kind.as_str()));
-            feat.text(d.and_then(|d| d.object_value.as_deref()).or(t.value.as_deref()));
-            feat.int(d.and_then(|d| d.first_seen_at_ms).or(t.first_seen_at_ms));
-            feat.int(d.and_then(|d| d.last_seen_at_ms).or(t.last_seen_at_ms));
-            feat.float(d.and_then(|d| d.aligned_direction));
-            feat.point(Some(d.and_then(|d| d.geometry).unwrap_or((t.lon, t.lat))), &what)?;
-            feat.int(Some(r.tile_hash));
-            feat.bool(Some(d.is_some()));
-            feat.end_row();
+            c.text(Some(t.kind.as_str()));
+            c.text(d.and_then(|d| d.object_value.as_deref()).or(t.value.as_deref()));
+            c.timestamp(d.and_then(|d| d.first_seen_at_ms).or(t.first_seen_at_ms), &what)?;
+            c.timestamp(d.and_then(|d| d.last_seen_at_ms).or(t.last_seen_at_ms), &what)?;
+            c.float(d.and_then(|d| d.aligned_direction));
+            c.point(Some(d.and_then(|d| d.geometry).unwrap_or((t.lon, t.lat))), &what)?;
+            c.int(Some(r.tile_hash));
+            c.now_if(d.is_some());
+            c.int(Some(i64::from(z)));
+            c.int(Some(i64::from(x)));
+            c.int(Some(i64::from(y)));
+            feat.end_row(RowKey { id: t.id.0, tile_hash: r.tile_hash, has_details: d.is_some() });
             for img in d.map(|d| d.images.as_slice()).unwrap_or_default() {
                 links.int(Some(t.id.0));
                 links.int(Some(img.0));
                 links.end_row();
             }
         }
+        feat.links = links.buf;
         let mut det = CopyText::with_capacity(w.detections.len() * 200);
         for r in &w.detections {
             let d = &r.det;
@@ -585,10 +925,9 @@ impl Staged {
             det.end_row();
         }
         Ok(Staged {
-            images: img.buf,
-            sequences: seq.buf,
-            features: feat.buf,
-            links: links.buf,
+            images: img,
+            image_sequences,
+            features: feat,
             detections: det.buf,
             image_count: to_i32(w.images.len()),
             feature_count: to_i32(w.features.len()),
@@ -597,9 +936,16 @@ impl Staged {
 }
 
 /// Builder of PostgreSQL COPY text format (tab-separated, `\N` for NULL, backslash escapes).
+#[derive(Debug)]
 struct CopyText {
     buf: Vec<u8>,
     at_row_start: bool,
+}
+
+impl Default for CopyText {
+    fn default() -> CopyText {
+        CopyText::with_capacity(0)
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -644,7 +990,10 @@ impl CopyText {
     fn int(&mut self, v: Option<i64>) {
         self.sep();
         match v {
-            Some(n) => self.buf.extend_from_slice(n.to_string().as_bytes()),
+            // Writing into a Vec cannot fail.
+            Some(n) => {
+                let _ = write!(self.buf, "{n}");
+            }
             None => self.null(),
         }
     }
@@ -653,7 +1002,9 @@ impl CopyText {
         self.sep();
         match v.filter(|f| f.is_finite()) {
             // `{:?}` prints the shortest representation that round-trips exactly.
-            Some(f) => self.buf.extend_from_slice(format!("{f:?}").as_bytes()),
+            Some(f) => {
+                let _ = write!(self.buf, "{f:?}");
+            }
             None => self.null(),
         }
     }
@@ -687,12 +1038,51 @@ impl CopyText {
                 reason: format!("position {lon},{lat} is not finite"),
             });
         }
-        let g = geo_types::Geometry::Point(geo_types::Point::new(lon, lat));
-        let ewkb = g
-            .to_ewkb(CoordDimensions::xy(), Some(4326))
-            .map_err(|e| StoreError::Encode { what: what(), reason: e.to_string() })?;
-        self.hex(&ewkb);
+        // Little endian (1), type Point with the SRID flag (0x20000001), SRID 4326, x, y.
+        self.hex(&[0x01, 0x01, 0x00, 0x00, 0x20, 0xE6, 0x10, 0x00, 0x00]);
+        self.hex(&lon.to_le_bytes());
+        self.hex(&lat.to_le_bytes());
         Ok(())
+    }
+
+    /// Milliseconds since the epoch as a `timestamptz` literal, exactly what
+    /// `to_timestamp(ms / 1000.0)` gives (millisecond values are exact in microseconds).
+    fn timestamp(&mut self, ms: Option<i64>, what: &dyn Fn() -> String) -> Result<(), StoreError> {
+        self.sep();
+        let Some(ms) = ms else {
+            self.null();
+            return Ok(());
+        };
+        use chrono::{Datelike, Timelike};
+        let t = chrono::DateTime::from_timestamp_millis(ms)
+            .filter(|t| (1..=9999).contains(&t.year()))
+            .ok_or_else(|| StoreError::Encode {
+                what: what(),
+                reason: format!("time {ms} ms since 1970 is out of range"),
+            })?;
+        let _ = write!(
+            self.buf,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}+00",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_millis()
+        );
+        Ok(())
+    }
+
+    /// The transaction's start time when `yes` (`now` is timestamptz input for exactly what
+    /// `now()` returns), else NULL.
+    fn now_if(&mut self, yes: bool) {
+        self.sep();
+        if yes {
+            self.buf.extend_from_slice(b"now");
+        } else {
+            self.null();
+        }
     }
 
     /// bytea in COPY text: `\x` + hex, with the backslash itself escaped for COPY.
@@ -737,6 +1127,70 @@ mod tests {
         // little endian, type Point with the SRID flag (0x20000001), SRID 4326 (0x10E6)
         assert!(s.starts_with("0101000020E6100000"), "{s}");
         assert!(c_point_err());
+    }
+
+    #[test]
+    fn point_bytes_equal_geozero_ewkb() {
+        use geozero::{CoordDimensions, ToWkb};
+        let (lon, lat) = (13.000_123_4, 55.600_987_6);
+        let mut c = CopyText::with_capacity(0);
+        c.point(Some((lon, lat)), &|| "x".into()).unwrap();
+        let g = geo_types::Geometry::Point(geo_types::Point::new(lon, lat));
+        let ewkb = g.to_ewkb(CoordDimensions::xy(), Some(4326)).unwrap();
+        let hex: String = ewkb.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(String::from_utf8(c.buf).unwrap(), hex);
+    }
+
+    #[test]
+    fn timestamps_are_iso_utc_milliseconds() {
+        let mut c = CopyText::with_capacity(0);
+        c.timestamp(Some(1_600_000_000_123), &|| "x".into()).unwrap();
+        c.timestamp(Some(0), &|| "x".into()).unwrap();
+        c.timestamp(Some(-1), &|| "x".into()).unwrap();
+        c.timestamp(None, &|| "x".into()).unwrap();
+        c.now_if(true);
+        c.now_if(false);
+        assert_eq!(
+            String::from_utf8(c.buf).unwrap(),
+            "2020-09-13 12:26:40.123+00\t1970-01-01 00:00:00.000+00\t1969-12-31 23:59:59.999+00\t\\N\tnow\t\\N"
+        );
+        let mut c = CopyText::with_capacity(0);
+        let e = c.timestamp(Some(i64::MAX), &|| "image 7".into()).unwrap_err().to_string();
+        assert!(e.contains("image 7") && e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn plan_writes_only_what_differs_and_finds_the_vanished() {
+        let k = |id, tile_hash, has_details| RowKey { id, tile_hash, has_details };
+        let live: HashMap<i64, Option<i64>> = [(1, Some(10)), (2, Some(20)), (3, None), (4, Some(40))].into();
+        // 1 unchanged, 2 changed, 3 stored without fingerprint, 5 new, 6 twice, 7 with details; 4 vanished.
+        let keys = [
+            k(1, 10, false),
+            k(2, 21, false),
+            k(3, 30, false),
+            k(5, 50, false),
+            k(6, 60, false),
+            k(6, 60, false),
+            k(7, 70, true),
+        ];
+        let p = plan(&keys, &live);
+        assert_eq!(p, Plan { write: vec![1, 2, 3, 4, 5, 6], vanished: vec![4], distinct: 6, unique: false });
+        let p = plan(&keys[..1], &live);
+        assert_eq!(p, Plan { write: vec![], vanished: vec![2, 3, 4], distinct: 1, unique: true });
+        let p = plan(&keys[3..4], &HashMap::new());
+        assert_eq!(p, Plan { write: vec![0], vanished: vec![], distinct: 1, unique: true });
+    }
+
+    #[test]
+    fn encoded_rows_select_subsets() {
+        let mut r = EncodedRows::default();
+        for id in 1..=3 {
+            r.text.int(Some(id));
+            r.end_row(RowKey { id, tile_hash: 0, has_details: false });
+        }
+        assert_eq!(&*r.select(&[0, 1, 2]), b"1\n2\n3\n");
+        assert_eq!(&*r.select(&[0, 2]), b"1\n3\n");
+        assert_eq!(&*r.select(&[1]), b"2\n");
     }
 
     fn c_point_err() -> bool {
