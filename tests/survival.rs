@@ -203,6 +203,12 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     let s2 = sim.stats();
     assert_eq!(tiles(&s2) - tiles(&s1), 0, "a run during the block asked the tile server");
 
+    // Every harvest schema of the database sees the block.
+    let other = with(env.clone(), "MLY_DATABASE__SCHEMA", "other");
+    let o = run(&["sync", SUBURB], &other);
+    assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tiles(&sim.stats()) - tiles(&s2), 0, "a run of another schema asked the tile server");
+
     // After the block time the run completes with the tables of an uninterrupted run.
     let wait: f64 = psql(
         &db,
@@ -216,6 +222,36 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     assert_eq!(tiles(&s3) - tiles(&s2), 3, "{out}");
     assert_eq!(checksum(&db), clean);
     assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM mapillary.harvest_run"), 1, "one run, resumed");
+}
+
+#[test]
+fn ignore_block_overrides_a_recorded_block() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("surv_ignore");
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let region = "13.035,55.595,13.04,55.597";
+    // A block recorded by an earlier run on this machine, not over yet.
+    let o = run(&["migrate"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().replace(':', "_");
+    psql(
+        &db,
+        &format!(
+            "INSERT INTO mly_harvest_global.tile_block VALUES ('{}', '{host}', now() - interval '1 hour',
+               now() + interval '23 hours', 'HTTP 302 redirect to www.mapillary.com', 'mapillary', NULL)",
+            sim.url
+        ),
+    );
+    let s0 = sim.stats();
+    let o = run(&["sync", region], &env);
+    assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("(HTTP 302 redirect to www.mapillary.com)"), "{err}");
+    assert_eq!(tiles(&sim.stats()) - tiles(&s0), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_run"), 0, "no job state was touched");
+    // --ignore-block asks anyway; the server answers normally, so the run completes.
+    let out = sync_ok(&run(&["sync", region, "--ignore-block"], &env));
+    assert!(tiles(&sim.stats()) - tiles(&s0) >= 1, "{out}");
 }
 
 #[test]
