@@ -528,8 +528,9 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     };
     let mut w = empty_write(ctx, c, new_etag, false);
     let enrich = ctx.cfg.harvest.enrich;
+    let far_edge: HashSet<i64> = decoded.far_edge.iter().copied().collect();
     if c.tileset.is_coverage() {
-        let d = diff(ctx, snapshot.live, decoded.images, true).await?;
+        let d = diff(ctx, snapshot.live, decoded.images, &far_edge, true).await?;
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let e = enrich::images(&ctx.api, c.tile, &d.located(), &d.needed).await?;
@@ -547,7 +548,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
         w.sequences = decoded.sequences;
     } else {
-        let d = diff(ctx, snapshot.live, decoded.features, false).await?;
+        let d = diff(ctx, snapshot.live, decoded.features, &far_edge, false).await?;
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let e = enrich::features(&ctx.api, c.tile, &d.located(), &d.needed).await?;
@@ -679,10 +680,17 @@ impl<T: TileRecord> Diff<T> {
 /// Diffs a tile's records against the database: the tile's own live rows, plus rows elsewhere
 /// (records that moved in from another tile, or deleted ones coming back). A record needs
 /// enrichment when it is new, changed in the tile, revived, never enriched, or stale.
+///
+/// A record belongs to the tile that contains its position. Copies beyond the edge (the render
+/// buffer) never reach here (the decoder leaves them out); a record drawn exactly on the east or
+/// south edge (`far_edge`) is also the neighbour's first pixel, so when it is already live in
+/// another tile it stays there: it is not moved, rewritten or enriched from this tile, so it
+/// cannot flip between the two tiles from run to run.
 async fn diff<T: TileRecord>(
     ctx: &Ctx,
     live: HashMap<i64, Known>,
-    records: Vec<T>,
+    mut records: Vec<T>,
+    far_edge: &HashSet<i64>,
     images: bool,
 ) -> Result<Diff<T>, StoreError> {
     let mut known = live;
@@ -693,6 +701,20 @@ async fn diff<T: TileRecord>(
         } else {
             ctx.store.known_features(&others).await?
         };
+        if !far_edge.is_empty() {
+            let elsewhere: HashSet<i64> = more
+                .iter()
+                .filter(|(id, k)| !k.deleted && far_edge.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            if !elsewhere.is_empty() {
+                debug!(
+                    records = elsewhere.len(),
+                    "edge records already live in the neighbouring tile stay there"
+                );
+                records.retain(|r| !elsewhere.contains(&r.id()));
+            }
+        }
         known.extend(more);
     }
     let rows: Vec<(T, i64)> = records

@@ -59,9 +59,23 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 ARGS...` and waits for its ready line.
+    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 --fixtures <shared fixtures> ARGS...`
+    /// and waits for its ready line.
     pub fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(bin())
+        let fixtures = fixtures();
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--fixtures".as_ref(), fixtures.as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        Sim::start_bare(&all, None)
+    }
+
+    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 ARGS...` exactly as given (no fixtures),
+    /// in `cwd` when given, and waits for its ready line.
+    pub fn start_bare<S: AsRef<std::ffi::OsStr>>(args: &[S], cwd: Option<&std::path::Path>) -> Sim {
+        let mut cmd = Command::new(bin());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .args(["simulate", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
