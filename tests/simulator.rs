@@ -105,7 +105,8 @@ fn int_of(v: &tile::Value) -> Option<i64> {
     v.int_value.or(v.sint_value).or(v.uint_value.map(|u| u as i64))
 }
 
-/// (image id, pixel x, pixel y) of every image in a coverage tile.
+/// (image id, pixel x, pixel y) of every image of a coverage tile (its own: the render buffer's
+/// copies of the neighbours' images, outside [0, 4096), are left out).
 fn tile_images(bytes: &[u8]) -> Vec<(i64, i64, i64)> {
     let t = Tile::decode(bytes).expect("tile decodes");
     let Some(layer) = t.layers.iter().find(|l| l.name == "image") else { return vec![] };
@@ -120,6 +121,7 @@ fn tile_images(bytes: &[u8]) -> Vec<(i64, i64, i64)> {
             assert_eq!(f.geometry[0], 9, "one MoveTo");
             (id, zz(f.geometry[1]), zz(f.geometry[2]))
         })
+        .filter(|(_, x, y)| (0..4096).contains(x) && (0..4096).contains(y))
         .collect()
 }
 
