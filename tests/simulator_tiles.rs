@@ -131,7 +131,7 @@ fn the_tile_server_takes_the_token_only_as_access_token() {
     let (status, _) = sim.get(&format!("{path}?access_token=MLY%7C1%7C0123456789abcdef0123456789abcdef"));
     assert_eq!(status, 400);
     // The Graph API still takes the header.
-    assert_eq!(graph(&sim, "/images?bbox=13.04,55.596,13.041,55.597&fields=id")["data"].is_array(), true);
+    assert!(graph(&sim, "/images?bbox=13.04,55.596,13.041,55.597&fields=id")["data"].is_array());
     let stats = sim.stats();
     assert_eq!(stats["statuses"]["403"], 2, "{stats}");
 }

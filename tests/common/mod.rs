@@ -64,7 +64,7 @@ impl Sim {
     pub fn start(args: &[&str]) -> Sim {
         let fixtures = fixtures();
         let mut all: Vec<&std::ffi::OsStr> = vec!["--fixtures".as_ref(), fixtures.as_os_str()];
-        all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        all.extend(args.iter().map(std::ffi::OsStr::new));
         Sim::start_bare(&all, None)
     }
 
