@@ -23,12 +23,25 @@ pub enum ApiError {
     /// The HTTP client could not be built or a URL is invalid.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// The circuit breaker tripped: `failures` calls in a row of one API family could not connect
+    /// or timed out, so the host is down or unreachable from here and the run must stop.
+    #[error(
+        "{service} at {host} failed to connect or timed out {failures} times in a row (last: {last}); \
+         stopping the run: check the network, proxy or firewall and mapillary.{key} \
+         (mapillary.breaker_after = {failures}); the next run resumes where this one stopped"
+    )]
+    Unreachable { service: &'static str, host: String, key: &'static str, failures: u32, last: String },
 }
 
 impl ApiError {
     /// Whether this is an authentication failure that must stop the run.
     pub fn is_auth(&self) -> bool {
         matches!(self, ApiError::Auth { .. })
+    }
+
+    /// Whether the circuit breaker tripped (a host that does not answer): the run must stop.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ApiError::Unreachable { .. })
     }
 }
 

@@ -341,9 +341,11 @@ impl Watch {
             m.tiles = by.into_iter().map(|((ts, s), n)| (ts, s, n)).collect();
         }
         let day = self.budget_day.unwrap_or_else(|| Utc::now().date_naive());
-        // The per-schema budget has no app; the shared one (mly_harvest_global) is keyed by the
-        // token's app: pass its key here where this version computes one.
-        let used = super::tile_budget_used(&store, day, None).await?;
+        // The shared budget (mly_harvest_global) is keyed by the token's app: this token's app is
+        // what the run spent and what is left to it (no token: every app's tiles together).
+        let token = cfg.mapillary.access_token.expose();
+        let app = (!token.is_empty()).then(|| crate::budget::AppKey::from_token(token));
+        let used = super::tile_budget_used(&store, day, app.as_ref().map(|a| a.as_str())).await?;
         m.budget = Some((cfg.limits.tiles_per_day, used.unwrap_or(0)));
         m.last_success = super::last_success(&store).await?;
         store.pool().close().await;
