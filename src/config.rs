@@ -167,6 +167,11 @@ pub struct HarvestConfig {
     pub lease_secs: u64,
     /// Regions of more z14 tiles than this need `--yes`.
     pub max_tiles_without_confirm: u64,
+    /// A tile that held live records and reads empty (or 403/404) is read again this many seconds
+    /// later in the run (twice) before its records are checked by id.
+    pub recheck_secs: u64,
+    /// After the tile server blocked this IP, no tile request for this many seconds.
+    pub block_pause_secs: u64,
 }
 
 impl Default for HarvestConfig {
@@ -177,6 +182,9 @@ impl Default for HarvestConfig {
             detections: false,
             lease_secs: 120,
             max_tiles_without_confirm: 250_000,
+            recheck_secs: 60,
+            // Blocks seen on the live service lifted after 20.5 to 26.3 h of silence (§13.1).
+            block_pause_secs: 24 * 3600,
         }
     }
 }
@@ -269,6 +277,7 @@ impl Config {
             ("limits.concurrency", u64::from(self.limits.concurrency)),
             ("mapillary.timeout_secs", self.mapillary.timeout_secs),
             ("harvest.lease_secs", self.harvest.lease_secs),
+            ("harvest.block_pause_secs", self.harvest.block_pause_secs),
             ("database.max_connections", u64::from(self.database.max_connections)),
         ];
         for (key, v) in positive {

@@ -22,6 +22,7 @@ use crate::cli::{self, Cli, CliError, exit};
 use crate::config::Config;
 use crate::model::Tileset;
 use crate::mvt;
+use crate::pipeline::block::{self, BlockKey};
 use crate::store::{Store, StoreError, query_err};
 use crate::tiles::TileId;
 
@@ -65,12 +66,6 @@ const MISSING_TABLE_RIGHTS: &str = "SELECT format('%s on %I.%I', p.priv, n.nspna
 const GLOBAL_SCHEMA: &str = "mly_harvest_global";
 /// The block table of migration 0006 (`pipeline::block`), when this database has it.
 const BLOCK_TABLE: &str = "SELECT to_regclass('mly_harvest_global.tile_block') IS NOT NULL";
-const ACTIVE_BLOCK: &str = "SELECT to_char(blocked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-       to_char(resume_after AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), detail \
-     FROM mly_harvest_global.tile_block \
-     WHERE tile_server = $1 AND client_host = $2 AND resume_after > now() \
-     ORDER BY resume_after DESC LIMIT 1";
-
 /// How one check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -458,6 +453,7 @@ async fn missing_rights(store: &Store, migrated: Migrated) -> Result<Vec<String>
 
 /// Reports a block recorded by an earlier run; true when one is in force (or unknowable).
 async fn block(r: &mut Report, store: &Store, cfg: &Config) -> bool {
+    // A database migrated by a version before 0006 has no block table: nothing can be recorded.
     let has_table: Result<bool, StoreError> = sqlx::query_scalar(BLOCK_TABLE)
         .fetch_one(store.pool())
         .await
@@ -468,38 +464,29 @@ async fn block(r: &mut Report, store: &Store, cfg: &Config) -> bool {
             return true;
         }
         Ok(false) => {
-            r.ok("block", "no block recorded (this database has no block table)");
+            r.ok(
+                "block",
+                "no block recorded (this database has no block table yet: the first sync creates it)",
+            );
             return false;
         }
         Ok(true) => {}
     }
-    let tile_server = reqwest::Url::parse(&cfg.mapillary.tiles_url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_else(|_| cfg.mapillary.tiles_url.trim_end_matches('/').to_string());
-    let host = crate::jobs::hostname();
-    let row: Result<Option<(String, String, String)>, StoreError> = sqlx::query_as(ACTIVE_BLOCK)
-        .bind(&tile_server)
-        .bind(&host)
-        .fetch_optional(store.pool())
-        .await
-        .map_err(query_err("reading the recorded tile block"));
-    match row {
+    let key = BlockKey::new(&cfg.mapillary.tiles_url);
+    match block::active(store, &key).await {
         Err(e) => {
             r.fail("block", exit::DATABASE, format!("unknown: {e}"));
             true
         }
         Ok(None) => {
-            r.ok("block", format!("no block of {tile_server} recorded for this machine ({host})"));
+            r.ok(
+                "block",
+                format!("no block of {} recorded for this machine ({})", key.tile_server, key.client_host),
+            );
             false
         }
-        Ok(Some((at, until, detail))) => {
-            r.fail(
-                "block",
-                exit::API,
-                format!(
-                    "the tile server blocked this IP at {at} ({detail}); `sync` resumes after {until} (asking sooner extends the block)"
-                ),
-            );
+        Ok(Some(b)) => {
+            r.fail("block", exit::BLOCKED, b.message());
             true
         }
     }
