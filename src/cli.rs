@@ -91,6 +91,7 @@ pub enum Command {
     /// Create or upgrade the database schema.
     Migrate,
     /// Serve the offline Mapillary API v4 simulator.
+    #[command(after_help = simulator::HELP)]
     Simulate(SimulateArgs),
     /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
     QgisProject(crate::ops::qgis::QgisProjectArgs),
