@@ -261,7 +261,15 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             let cfg = load_config(&cli)?;
             let store = connect(&cfg).await?;
             store.migrate().await?;
-            status(&store, args).await
+            let code = status(&store, args).await?;
+            if !args.json
+                && let Some(b) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await?
+            {
+                println!("{}", b.message());
+            }
+            Ok(code)
         }
         Command::Sync(ref args) => {
             let cfg = load_config(&cli)?;

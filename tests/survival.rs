@@ -195,6 +195,10 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state = 'done'"), 3);
     assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state = 'failed'"), 0);
 
+    let status = run(&["status"], &env);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("the tile server blocked this IP at "), "status shows the block: {shown}");
+
     // Before the block time: exit 10 at once, not one tile request.
     let t = Instant::now();
     let o = run(&["sync", SUBURB], &env);
@@ -345,4 +349,76 @@ async fn a_redirect_or_an_html_page_on_a_tile_is_a_block_and_stops_tile_requests
         assert_eq!(login.load(Ordering::SeqCst), 0, "{kind}: the redirect was followed");
         assert_eq!(c.counters().tiles, 1);
     }
+}
+
+/// GET over loopback returning (status, raw response head, body).
+fn get_with_head(url: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, buf[end..].to_vec())
+}
+
+#[test]
+fn the_simulator_answers_the_live_failure_modes_over_http() {
+    let token = SIM_TOKEN.replace('|', "%7C");
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(
+        dir.path(),
+        "faults.toml",
+        "[block]\nafter_tiles = 2\nsecs = 1.0\n[search]\nquery_timeout = 1.0\n[entity]\nthrottle = 1.0\n",
+    );
+    let sim = Sim::start(&["--faults", &faults, "--throttle-status", "403"]);
+    let tile = |ts: &str| format!("{}/maps/vtp/{ts}/2/14/8785/5134?access_token={token}", sim.url);
+    // Two tile requests are served, then the block: 302 to the login page, the request echoed
+    // without the token; it lasts while requests keep coming, and lifts after `secs` of silence.
+    assert_eq!(get_with_head(&tile("mly1_public")).0, 200);
+    assert_eq!(get_with_head(&tile("mly_map_feature_point")).0, 200);
+    for _ in 0..3 {
+        let (status, head, _) = get_with_head(&tile("mly1_public"));
+        assert_eq!(status, 302, "{head}");
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .unwrap_or_else(|| panic!("no Location in {head}"));
+        assert!(location.starts_with("https://www.mapillary.com/login/?next="), "{location}");
+        assert!(location.contains("8785") && !location.contains("0123456789abcdef"), "{location}");
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get_with_head(&tile("mly1_public")).0, 200, "the block lifts after a quiet second");
+    // Graph calls are not blocked; searches time out as in §13.7; code-4 throttling comes as 403.
+    let (status, _, body) =
+        get_with_head(&format!("{}/images?bbox=13.035,55.595,13.036,55.596&access_token={token}", sim.url));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], -2);
+    assert_eq!(v["error"]["error_subcode"], 3_404_014);
+    assert_eq!(v["error"]["is_transient"], false);
+    assert_eq!(v["error"]["error_user_title"], "Query Timeout");
+    let (status, _, body) = get_with_head(&format!("{}/1?fields=id&access_token={token}", sim.url));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, v["error"]["code"].as_i64()), (403, Some(4)), "{v}");
+    let stats = sim.stats();
+    assert_eq!(stats["faults"]["block"], 3, "{stats}");
+
+    // Transient 404s hit tiles with data only; an empty tile keeps its usual answer.
+    let faults = write_file(dir.path(), "404.toml", "[tiles]\ntransient_404 = 1.0\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let (status, _, _) =
+        get_with_head(&format!("{}/maps/vtp/mly1_public/2/14/8785/5134?access_token={token}", sim.url));
+    assert_eq!(status, 404);
+    // Open sea west of Malmö: no data.
+    let (status, _, body) =
+        get_with_head(&format!("{}/maps/vtp/mly1_public/2/14/8700/5100?access_token={token}", sim.url));
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(sim.stats()["faults"]["transient_404"], 1);
 }

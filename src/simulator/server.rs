@@ -610,7 +610,7 @@ impl AppState {
 
     /// The block answer when the faults file's per-IP block is on and this tile request falls in
     /// it: 302 to the login page, whose `next` echoes the request (token redacted).
-    fn block_answer(&self, p: &Params) -> Option<Response> {
+    fn block_answer(&self, path: &str, p: &Params) -> Option<Response> {
         let cfg = self.faults.block()?;
         let now = Instant::now();
         let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
@@ -635,10 +635,10 @@ impl AppState {
             p.0.iter()
                 .map(|(k, v)| if k == "access_token" { format!("{k}=REDACTED") } else { format!("{k}={v}") })
                 .collect();
-        let next: String = url_escape(&q.join("&"));
+        let next: String = url_escape(&format!("{path}?{}", q.join("&")));
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::FOUND;
-        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next=%3F{next}")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next={next}")) {
             r.headers_mut().insert(header::LOCATION, v);
         }
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -944,8 +944,8 @@ impl AppState {
         let family = route.family();
         self.stats().requests[family as usize] += 1;
         // The block is per IP: it comes before the token is even looked at.
-        if family == Family::Tiles
-            && let Some(resp) = self.block_answer(&p)
+        if let Route::Tile { tileset, z, x, y } = &route
+            && let Some(resp) = self.block_answer(&format!("/maps/vtp/{tileset}/2/{z}/{x}/{y}"), &p)
         {
             self.count_fault("block");
             return (resp, Some("block"));
