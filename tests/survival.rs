@@ -118,15 +118,28 @@ fn a_transient_404_on_tiles_with_data_deletes_nothing() {
 
 #[test]
 fn a_real_deletion_is_confirmed_by_id_then_tombstoned() {
-    let db = fresh_db("surv_delete");
+    // The same nightly re-sync (epoch 0 → 1) twice: once clean, once meeting transient 404s that
+    // clear on a later read (seed 2: three tiles 404 at their first read, two also at their second).
+    let (db, clean) = (fresh_db("surv_delete"), fresh_db("surv_delete_clean"));
     {
         let sim = Sim::start(&["--epoch", "0"]);
         sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &db)));
+        sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &clean)));
     }
-    let sim = Sim::start(&["--epoch", "1"]);
+    {
+        let sim = Sim::start(&["--epoch", "1"]);
+        sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &clean)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "seed = 2\n[tiles]\ntransient_404 = 0.5\n");
+    let sim = Sim::start(&["--epoch", "1", "--faults", &faults]);
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__RECHECK_SECS", "1");
     let before = sim.stats();
-    let out = sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &db)));
+    let out = sync_ok(&run(&["sync", SUBURB], &env));
     let after = sim.stats();
+    assert_eq!(after["faults"]["transient_404"], 5, "{after}");
+    assert_eq!(summary_number(&out, "tiles re-read"), 5, "{out}");
+    assert_eq!(checksum(&db), checksum(&clean), "transient 404s changed the re-synced tables: {out}");
     let deleted = set(&db, "SELECT id FROM mapillary.images WHERE deleted_at IS NOT NULL");
     assert!(!deleted.is_empty(), "epoch 1 deleted images in the region: {out}");
     // Every tombstoned record is really gone upstream ...
