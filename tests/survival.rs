@@ -116,6 +116,33 @@ fn a_transient_404_on_tiles_with_data_deletes_nothing() {
     );
 }
 
+/// One dense tile of central Malmö (17,230 images at epoch 0).
+const DENSE: &str = "13.0,55.605,13.0005,55.6052";
+
+#[test]
+fn a_transient_404_on_a_dense_tile_deletes_nothing() {
+    let db = fresh_db("surv_dense");
+    {
+        let sim = Sim::start(&[]);
+        let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+        sync_ok(&run(&["sync", DENSE], &env));
+    }
+    let clean = checksum(&db);
+    let images = count(&db, "SELECT count(*) FROM mapillary.images");
+    assert!(images > 10_000, "{images}");
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "[tiles]\ntransient_404 = 1.0\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let env = with(env, "MLY_HARVEST__RECHECK_SECS", "1");
+    let out = sync_ok(&run(&["sync", DENSE], &env));
+    assert_eq!(checksum(&db), clean, "{out}");
+    assert_eq!(summary_number(&out, "deleted (confirmed"), 0, "{out}");
+    assert_eq!(summary_number(&out, "missing_from_tile"), images as u64, "{out}");
+    assert_eq!(summary_number(&out, "Graph calls)"), (images as u64).div_ceil(50), "{out}");
+    assert_eq!(tiles(&sim.stats()), 3, "read once, then twice later in the run");
+}
+
 #[test]
 fn a_real_deletion_is_confirmed_by_id_then_tombstoned() {
     // The same nightly re-sync (epoch 0 → 1) twice: once clean, once meeting transient 404s that
