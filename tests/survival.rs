@@ -269,6 +269,39 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
 }
 
 #[test]
+fn a_block_stops_every_process_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "[block]\nafter_tiles = 2\nsecs = 30\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let db = fresh_db("surv_block_two");
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let env = with(env, "MLY_LIMITS__CONCURRENCY", "2");
+    // Six tiles, two processes.
+    let region = "13.03,55.595,13.10,55.600";
+    let spawn = || {
+        let mut c = std::process::Command::new(bin());
+        c.args(["-q", "sync", region]).env_remove("MAPILLARY_ACCESS_TOKEN");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for o in [&a, &b] {
+        assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Each process may have had one request on its way when the other met the block; no more.
+    let stats = sim.stats();
+    assert!(tiles(&stats) <= 2 + 2, "tile requests after the block: {stats}");
+    assert_eq!(count(&db, "SELECT count(*) FROM mly_harvest_global.tile_block"), 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state IN ('leased', 'failed')"),
+        0
+    );
+}
+
+#[test]
 fn ignore_block_overrides_a_recorded_block() {
     let sim = Sim::start(&[]);
     let db = fresh_db("surv_ignore");
