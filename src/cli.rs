@@ -91,6 +91,7 @@ pub enum Command {
     /// Create or upgrade the database schema.
     Migrate,
     /// Serve the offline Mapillary API v4 simulator.
+    #[command(after_help = simulator::HELP)]
     Simulate(SimulateArgs),
     /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
     QgisProject(crate::ops::qgis::QgisProjectArgs),
@@ -264,7 +265,15 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             let cfg = load_config(&cli)?;
             let store = connect(&cfg).await?;
             store.migrate().await?;
-            status(&store, args).await
+            let code = status(&store, args).await?;
+            if !args.json
+                && let Some(b) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await?
+            {
+                println!("{}", b.message());
+            }
+            Ok(code)
         }
         Command::Sync(ref args) => {
             let cfg = load_config(&cli)?;

@@ -151,6 +151,11 @@ impl RunMetrics {
                 r.not_modified as f64,
             );
             o.one(
+                "mly_harvest_run_deletion_checks",
+                "Graph calls made to confirm by id that records gone from their tile are gone.",
+                r.confirm as f64,
+            );
+            o.one(
                 "mly_harvest_run_response_bytes",
                 "Response bytes received in the last run.",
                 r.bytes as f64,
@@ -158,7 +163,9 @@ impl RunMetrics {
         }
         if let Some(p) = &self.process {
             o.family("mly_harvest_run_records", "Records of the last run by change (this process).");
-            for change in ["new", "changed", "deleted"] {
+            // missing_from_tile: kept although the tile no longer lists them (the Graph API still has
+            // them); moved_away: the Graph API places them in another tile now.
+            for change in ["new", "changed", "deleted", "missing_from_tile", "moved_away"] {
                 o.sample("mly_harvest_run_records", &[("change", change)], p[change].as_f64().unwrap_or(0.0));
             }
             o.family(

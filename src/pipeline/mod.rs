@@ -418,7 +418,19 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
         let stopping = ctx.stop.load(Ordering::Relaxed) || fatal.is_some();
         let room = concurrency.saturating_sub(in_flight.len());
         let allowed = opts.max_tiles.map_or(u64::MAX, |m| m.saturating_sub(started_tiles));
-        if !stopping && room > 0 && allowed > 0 {
+        // A block met by another process of the run: claim nothing more (and spend no budget).
+        let blocked = if !stopping && room > 0 && allowed > 0 && !ctx.ignore_block {
+            block::active(&ctx.store, &ctx.block_key).await?
+        } else {
+            None
+        };
+        if let Some(b) = blocked {
+            warn!("the tile server blocked this IP (recorded by another process); stopping");
+            ctx.stop.store(true, Ordering::Relaxed);
+            if fatal.is_none() {
+                fatal = Some(PipelineError::Blocked(b));
+            }
+        } else if !stopping && room > 0 && allowed > 0 {
             let want = (room as u64).min(allowed) as i64;
             let claimed = jobs::claim(&ctx.store, ctx.run, &ctx.owner, want, lease).await?;
             let grant = if claimed.is_empty() {

@@ -4,6 +4,7 @@
 //! and the tile paths (`/maps/vtp/{tileset}/2/{z}/{x}/{y}`). Limitation: only z14 tiles carry
 //! data; lower zooms (the real `overview`/`sequence` layers) answer like empty tiles.
 
+pub mod cdn;
 pub mod encode;
 pub mod faults;
 pub mod graph;
@@ -59,6 +60,33 @@ pub enum EmptyTile {
     MvtEmpty,
 }
 
+/// What `mly-harvest simulate --help` lists after the options: every behaviour of the service the
+/// simulator reproduces, on by default or switched by the faults file.
+pub const HELP: &str = "\
+Graph API behaviours (always on, like the live service):
+  - one trailing '/' accepted on every Graph and tile path (/{id}/, /{id}/detections/, /images/,
+    .../{z}/{x}/{y}/), as the official SDK sends them
+  - 'id' on every object whatever 'fields' lists; absent values omitted (never null)
+  - merge_cc as a JSON float of 14 significant digits (4.546427159383e+18); about one image in 200
+    reports altitude as an unsigned-wrapped int32 (4294967281 = -15 m)
+  - x-app-usage {\"call_count\":P,...} on answers to the app's own calls (a token it issued): P is
+    the percent of the family's quota those calls used
+  - /images with bbox: one page of at most 'limit' (<= 2000) records, no cursor; refused with
+    'Please reduce the amount of data' when filling the page means reading more than
+    --dense-limit matches (limit=1 on the densest bbox answers); bbox over 0.010 deg2 refused
+  - /images filters: creator_username, organization_id, sequence_id / sequence_ids (lists),
+    start_captured_at / end_captured_at (inclusive), is_pano, image_ids
+  - /images without bbox (image_ids, sequence_id(s) or creator_username; organization_id alone
+    is refused): newest first, pages of 'limit', paging.cursors.after and paging.next (a URL
+    without the token); no overlap between pages
+  - thumb_256/1024/2048/original_url: signed URLs on --public-url (default: the simulator's own
+    address) serving a flat JPEG of that exact width and height; no token needed; an expired
+    'oe=' (after --url-ttl) or altered URL answers 403 like the CDN
+
+Where the real behaviour is unknown the simulator takes the harsher side: bbox searches match the
+tile pixel grid; an unknown id in ?ids= fails the whole request; 'Bearer' counts as no token.
+";
+
 /// The single token the simulator has "issued" unless `--token` says otherwise.
 pub const DEFAULT_TOKEN: &str = "MLY|4000000000000001|0123456789abcdef0123456789abcdef";
 
@@ -109,6 +137,14 @@ pub struct SimulateArgs {
     /// Most ids one `?ids=` / `image_ids=` call may name.
     #[arg(long, default_value_t = 50)]
     pub max_ids: usize,
+    /// Base of the URLs the simulator hands out (image URLs, `paging.next`), e.g. when it runs
+    /// behind a proxy; default: its own listening address.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Seconds an image URL stays valid after the Graph API hands it out (`oe=`); an expired URL
+    /// answers 403 like the CDN.
+    #[arg(long, value_name = "SECS", default_value_t = cdn::URL_TTL_SECS)]
+    pub url_ttl: i64,
 }
 
 impl SimulateArgs {
@@ -128,6 +164,8 @@ impl SimulateArgs {
             empty_tile: EmptyTile::Empty200,
             dense_limit: 5000,
             max_ids: 50,
+            public_url: None,
+            url_ttl: cdn::URL_TTL_SECS,
         }
     }
 }
@@ -138,7 +176,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimError> {
-    let state = Arc::new(server::AppState::new(args)?);
+    let local = listener.local_addr().map_err(|source| SimError::Bind { addr: args.listen, source })?;
+    let state = Arc::new(server::AppState::new(args, local)?);
     serve_state(state, listener, shutdown).await
 }
 
@@ -188,7 +227,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimError> {
         .map_err(|source| SimError::Bind { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: args.listen, source })?;
     // Validate everything before announcing readiness, so a bad faults file fails fast.
-    let state = Arc::new(server::AppState::new(&args)?);
+    let state = Arc::new(server::AppState::new(&args, addr)?);
     let shutdown = shutdown_signal()?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on http://{addr}");
