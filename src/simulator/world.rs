@@ -18,6 +18,8 @@ pub struct World {
     fixture: Option<Fixture>,
     /// The fixture tile's world, built on first use; it is the same at every epoch.
     fixture_world: OnceLock<Option<Arc<TileWorld>>>,
+    /// Creator ids by username, built on first use.
+    usernames: OnceLock<HashMap<String, Vec<i64>>>,
 }
 
 /// Everything whose ORIGINAL geometry lies in one z14 tile.
@@ -301,6 +303,7 @@ impl World {
             cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }),
             fixture,
             fixture_world: OnceLock::new(),
+            usernames: OnceLock::new(),
         }
     }
 
@@ -437,6 +440,68 @@ impl World {
         let plain = id == user_id(local - 1);
         (kind == KIND_USER && plain && (1..=USERS).contains(&local))
             .then(|| SimUser { id, username: username(self.seed, id) })
+    }
+
+    /// The ids of the world's creators called `name` (generated names can repeat).
+    pub fn users_named(&self, name: &str) -> Vec<i64> {
+        let names = self.usernames.get_or_init(|| {
+            let mut m: HashMap<String, Vec<i64>> = HashMap::new();
+            for k in 0..USERS {
+                let id = user_id(k);
+                m.entry(username(self.seed, id)).or_default().push(id);
+            }
+            m
+        });
+        names.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every z14 tile that can hold images of creator `user` at any epoch, sorted (a superset).
+    ///
+    /// Creators are local (see `seq_attrs`): a z8 region's sequences come from a band of 40
+    /// creators. The tiles are those with data in the regions whose band holds `user`, with a rim of
+    /// one tile (drives that moved across a region border), plus the real fixture tile, whose
+    /// creators are drawn from all users. Global searches by creator scan just these.
+    pub fn creator_tiles(&self, user: i64) -> Vec<TileId> {
+        let Some((KIND_USER, _, local)) = split_id(user) else { return Vec::new() };
+        let k = (local - 1) as u64;
+        let n = 1i64 << HARVEST_ZOOM;
+        let mut regions = HashSet::new();
+        for &(lon, lat) in &CITIES {
+            // Towns and country roads exist up to 200 km from a city (see `density`).
+            let dlat = 205.0 / 111.2;
+            let dlon = dlat / lat.to_radians().cos().max(0.05);
+            let x_of = |lon: f64| ((lon + 180.0) / 360.0 * n as f64).floor() as i64;
+            let (x0, x1) = (x_of(lon - dlon), x_of(lon + dlon));
+            let south = TileId::containing(HARVEST_ZOOM, lon, (lat - dlat).max(-85.0));
+            let north = TileId::containing(HARVEST_ZOOM, lon, (lat + dlat).min(85.0));
+            for x in x0..=x1 {
+                for y in i64::from(north.y)..=i64::from(south.y) {
+                    regions.insert((x.rem_euclid(n) >> 6, y >> 6));
+                }
+            }
+        }
+        let mut tiles = HashSet::new();
+        for (rx, ry) in regions {
+            let band = hash(self.seed, &[P_USER, ((rx as u64) << 16) | ry as u64]) % USERS as u64;
+            if (k + USERS as u64 - band) % USERS as u64 >= 40 {
+                continue;
+            }
+            for x in (rx << 6) - 1..=(rx << 6) + 64 {
+                for y in ((ry << 6) - 1).max(0)..=((ry << 6) + 64).min(n - 1) {
+                    let Ok(t) = TileId::new(HARVEST_ZOOM, x.rem_euclid(n) as u32, y as u32) else { continue };
+                    // A tile without data of its own can still receive a neighbour's drive.
+                    let busy_neighbour =
+                        (0..4u8).filter_map(|e| neighbour(t, e)).any(|nb| density(self.seed, nb) >= 100);
+                    if density(self.seed, t) > 0 || busy_neighbour {
+                        tiles.insert(t);
+                    }
+                }
+            }
+        }
+        tiles.insert(FIXTURE_TILE);
+        let mut tiles: Vec<TileId> = tiles.into_iter().collect();
+        tiles.sort_unstable_by_key(|t| (t.x, t.y));
+        tiles
     }
 
     /// The detections in an image, or `None` if the image does not exist.

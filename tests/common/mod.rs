@@ -188,6 +188,9 @@ pub fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
         ("MAPILLARY_ACCESS_TOKEN", SIM_TOKEN),
         ("MLY_HARVEST__LEASE_SECS", "30"),
         ("MLY_MAPILLARY__TIMEOUT_SECS", "20"),
+        // The simulator is not the live tile server: no pace between tile requests (the default
+        // 20/min would make every test minutes long). Pacing has its own tests.
+        ("MLY_LIMITS__TILES_PER_MINUTE", "6000000"),
     ]
 }
 
