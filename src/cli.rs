@@ -97,6 +97,9 @@ pub enum Command {
     QgisProject(crate::ops::qgis::QgisProjectArgs),
     /// Draw a run: its region, z14 tiles coloured by state, and the harvested coverage.
     Report(crate::ops::report::ReportArgs),
+    /// Check everything a real run needs: config, database, PostGIS, rights, a recorded block,
+    /// the token (one Graph call) and tile access (one tile, counted in the budget).
+    Doctor(crate::ops::doctor::DoctorArgs),
 }
 
 /// `sync` options.
@@ -257,11 +260,20 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             crate::ops::report::run(&store, args).await?;
             Ok(exit::OK)
         }
+        Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
         Command::Status(ref args) => {
             let cfg = load_config(&cli)?;
             let store = connect(&cfg).await?;
             store.migrate().await?;
-            status(&store, args).await
+            let code = status(&store, args).await?;
+            if !args.json
+                && let Some(b) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await?
+            {
+                println!("{}", b.message());
+            }
+            Ok(code)
         }
         Command::Sync(ref args) => {
             let cfg = load_config(&cli)?;

@@ -304,6 +304,7 @@ mod tests {
             exif_orientation: 1,
             merge_cc: 0,
             has_mesh: false,
+            foot: false,
         }
     }
 

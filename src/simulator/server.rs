@@ -23,8 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::cdn::{self, Cdn};
-use super::encode::encode_tile;
+use super::encode::{encode_tile, encode_tile_buffered, home_pixel};
 use super::faults::{Fault, Faults, splitmix};
+use super::generalise::{SummaryCache, encode_low_zoom};
 use super::graph::{self, Ctx, Fields, UnknownField};
 use super::limits::{Family, Limits};
 use super::world::{SimImage, World};
@@ -42,6 +43,10 @@ const TILE_CACHE_ENTRIES: usize = 512;
 /// Shared state of the running simulator.
 pub struct AppState {
     world: Arc<World>,
+    /// Whether z14 tiles carry the neighbours' records near their edges (§13.5).
+    render_buffer: bool,
+    /// Per-z14 summaries that tiles below z14 are drawn from.
+    summaries: Mutex<SummaryCache>,
     epoch: u32,
     tokens: HashSet<String>,
     empty_tile: EmptyTile,
@@ -297,9 +302,27 @@ fn empty_mvt() -> Vec<u8> {
 /// The position a point has after the tile encoder quantised it to its z14 tile's pixel grid: bbox
 /// searches must agree exactly with what the tiles show.
 fn tile_position(tile: TileId, lon: f64, lat: f64) -> (f64, f64) {
-    let (px, py) = tile.lonlat_to_pixel(lon, lat, EXTENT);
-    let e = f64::from(EXTENT);
-    tile.pixel_to_lonlat(px.round().clamp(0.0, e), py.round().clamp(0.0, e), EXTENT)
+    let (px, py) = home_pixel(tile, lon, lat);
+    tile.pixel_to_lonlat(px as f64, py as f64, EXTENT)
+}
+
+/// The (up to) eight tiles around `t`, wrapping across the antimeridian.
+fn neighbours8(t: TileId) -> Vec<TileId> {
+    let n = 1i64 << t.z;
+    let mut out = Vec::with_capacity(8);
+    for dy in -1i64..=1 {
+        for dx in -1i64..=1 {
+            let (x, y) = ((i64::from(t.x) + dx).rem_euclid(n), i64::from(t.y) + dy);
+            if (dx, dy) == (0, 0) || !(0..n).contains(&y) {
+                continue;
+            }
+            // x and y are within 0..2^z here, so they fit in u32.
+            if let Ok(nb) = TileId::new(t.z, x as u32, y as u32) {
+                out.push(nb);
+            }
+        }
+    }
+    out
 }
 
 /// The z14 tiles a bbox touches.
@@ -526,11 +549,16 @@ impl AppState {
             }
             None => format!("http://{local}"),
         };
+        // Told explicitly where the captures are, a missing or unreadable tile is an error, not a
+        // silent switch to the synthetic world.
+        let fixture = args.fixtures.as_deref().map(super::world::Fixture::load).transpose()?;
         Ok(AppState {
             cdn: Cdn::new(&public_url, args.seed, args.url_ttl),
             public_url,
             creator_cache: Mutex::new(None),
-            world: Arc::new(World::new(args.seed)),
+            world: Arc::new(World::with_fixture(args.seed, fixture)),
+            render_buffer: !args.no_render_buffer,
+            summaries: Mutex::new(SummaryCache::default()),
             epoch: args.epoch,
             tokens: args.token.iter().cloned().collect(),
             empty_tile: args.empty_tile,
@@ -580,6 +608,20 @@ impl AppState {
         })
     }
 
+    /// The tile server takes the token only as `?access_token=`; one sent only in an
+    /// `Authorization` header (or none at all) is refused with 403, as the live service does (§13.4).
+    fn check_tile_auth(&self, headers: &HeaderMap, p: &Params) -> Result<(), ApiError> {
+        if p.get("access_token").is_some() {
+            return self.check_auth(&HeaderMap::new(), p);
+        }
+        let msg = if headers.contains_key(header::AUTHORIZATION) {
+            "Tile requests take the access token only as the access_token query parameter"
+        } else {
+            "An access token is required to request this resource"
+        };
+        Err(ApiError::new(403, msg, "OAuthException", 190))
+    }
+
     fn check_auth(&self, headers: &HeaderMap, p: &Params) -> Result<(), ApiError> {
         if let Some(h) = headers.get(header::AUTHORIZATION) {
             let s = h.to_str().unwrap_or("");
@@ -610,7 +652,7 @@ impl AppState {
 
     /// The block answer when the faults file's per-IP block is on and this tile request falls in
     /// it: 302 to the login page, whose `next` echoes the request (token redacted).
-    fn block_answer(&self, p: &Params) -> Option<Response> {
+    fn block_answer(&self, path: &str, p: &Params) -> Option<Response> {
         let cfg = self.faults.block()?;
         let now = Instant::now();
         let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
@@ -635,10 +677,10 @@ impl AppState {
             p.0.iter()
                 .map(|(k, v)| if k == "access_token" { format!("{k}=REDACTED") } else { format!("{k}={v}") })
                 .collect();
-        let next: String = url_escape(&q.join("&"));
+        let next: String = url_escape(&format!("{path}?{}", q.join("&")));
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::FOUND;
-        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next=%3F{next}")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next={next}")) {
             r.headers_mut().insert(header::LOCATION, v);
         }
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -676,8 +718,8 @@ impl AppState {
         if z > HARVEST_ZOOM {
             return Err(not_found("Tile zoom level out of range"));
         }
-        // Overview and sequence layers below z14 are not simulated; such tiles answer as empty.
-        if z < HARVEST_ZOOM {
+        // The map-feature tilesets exist at z14 only (§5.2).
+        if z < HARVEST_ZOOM && !tileset.is_coverage() {
             return Ok(self.empty_tile_response());
         }
         let key = (tileset, t, self.epoch);
@@ -685,9 +727,8 @@ impl AppState {
         let bytes = match cached {
             Some(b) => b,
             None => {
-                let world = self.world.clone();
-                let epoch = self.epoch;
-                let b = tokio::task::spawn_blocking(move || Bytes::from(encode_tile(&world.tile(t, epoch), tileset)))
+                let st = self.clone();
+                let b = tokio::task::spawn_blocking(move || st.render_tile(tileset, t))
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, tile = %format_args!("{}/{}/{}", t.z, t.x, t.y), "tile generation failed");
@@ -721,6 +762,26 @@ impl AppState {
             r.headers_mut().insert(header::ETAG, v);
         }
         Ok(r)
+    }
+
+    /// The bytes of a z14 tile (runs on the blocking pool: it may generate tiles of the world).
+    fn render_tile(&self, tileset: Tileset, t: TileId) -> Bytes {
+        if t.z < HARVEST_ZOOM {
+            let computed = tileset == Tileset::ComputedPublic;
+            return Bytes::from(encode_low_zoom(&self.world, &self.summaries, t, self.epoch, computed));
+        }
+        if tileset == Tileset::Public
+            && let Some(real) = self.world.verbatim_public_tile(t)
+        {
+            // A real capture is served as captured (it predates the render buffer).
+            return Bytes::copy_from_slice(real);
+        }
+        let tw = self.world.tile(t, self.epoch);
+        if !self.render_buffer {
+            return Bytes::from(encode_tile(&tw, tileset));
+        }
+        let neighbours: Vec<_> = neighbours8(t).into_iter().map(|n| self.world.tile(n, self.epoch)).collect();
+        Bytes::from(encode_tile_buffered(&tw, &neighbours, tileset))
     }
 
     fn ctx(&self, now_s: i64) -> Ctx<'_> {
@@ -944,13 +1005,17 @@ impl AppState {
         let family = route.family();
         self.stats().requests[family as usize] += 1;
         // The block is per IP: it comes before the token is even looked at.
-        if family == Family::Tiles
-            && let Some(resp) = self.block_answer(&p)
+        if let Route::Tile { tileset, z, x, y } = &route
+            && let Some(resp) = self.block_answer(&format!("/maps/vtp/{tileset}/2/{z}/{x}/{y}"), &p)
         {
             self.count_fault("block");
             return (resp, Some("block"));
         }
-        if let Err(e) = self.check_auth(&headers, &p) {
+        let auth = match route {
+            Route::Tile { .. } => self.check_tile_auth(&headers, &p),
+            _ => self.check_auth(&headers, &p),
+        };
+        if let Err(e) = auth {
             return (e.into_response(), None);
         }
         let admission = self.stats().limits.admit(family, Instant::now());
