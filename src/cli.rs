@@ -37,6 +37,9 @@ pub mod exit {
     pub const PARTIAL: i32 = 8;
     /// The API failed in a way that stopped the run.
     pub const API: i32 = 9;
+    /// The tile server blocked this IP (now or earlier, and the block is not over); `sync`
+    /// resumes after the recorded time.
+    pub const BLOCKED: i32 = 10;
     /// Interrupted by SIGINT/SIGTERM; the run resumes where it stopped.
     pub const INTERRUPTED: i32 = 130;
 }
@@ -88,11 +91,15 @@ pub enum Command {
     /// Create or upgrade the database schema.
     Migrate,
     /// Serve the offline Mapillary API v4 simulator.
+    #[command(after_help = simulator::HELP)]
     Simulate(SimulateArgs),
     /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
     QgisProject(crate::ops::qgis::QgisProjectArgs),
     /// Draw a run: its region, z14 tiles coloured by state, and the harvested coverage.
     Report(crate::ops::report::ReportArgs),
+    /// Check everything a real run needs: config, database, PostGIS, rights, a recorded block,
+    /// the token (one Graph call) and tile access (one tile, counted in the budget).
+    Doctor(crate::ops::doctor::DoctorArgs),
 }
 
 /// `sync` options.
@@ -117,6 +124,10 @@ pub struct SyncArgs {
     /// (atomically; for node_exporter's textfile collector, name it *.prom).
     #[arg(long)]
     pub metrics_file: Option<PathBuf>,
+    /// Ask the tile server even though it blocked this IP and the block is not over (asking
+    /// during a block extends it).
+    #[arg(long)]
+    pub ignore_block: bool,
     /// Filled by the run for the metrics file.
     #[arg(skip)]
     pub trace: Option<std::sync::Arc<crate::pipeline::trace::RunTrace>>,
@@ -249,11 +260,20 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             crate::ops::report::run(&store, args).await?;
             Ok(exit::OK)
         }
+        Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
         Command::Status(ref args) => {
             let cfg = load_config(&cli)?;
             let store = connect(&cfg).await?;
             store.migrate().await?;
-            status(&store, args).await
+            let code = status(&store, args).await?;
+            if !args.json
+                && let Some(b) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await?
+            {
+                println!("{}", b.message());
+            }
+            Ok(code)
         }
         Command::Sync(ref args) => {
             let cfg = load_config(&cli)?;
@@ -281,6 +301,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 max_tiles: args.max_tiles,
                 budget_day: args.budget_day,
                 trace: args.trace.clone(),
+                ignore_block: args.ignore_block,
             };
             let summary = pipeline::sync(&cfg, &store, &region, opts).await?;
             println!("{}", summary.render());

@@ -6,12 +6,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use geozero::{CoordDimensions, ToWkb};
+use mly_harvest::budget::{self, AppKey, TileLimits};
 use mly_harvest::jobs::{self, PlannedTile, RunId};
 use mly_harvest::model::{
     Detection, FeatureKind, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage,
     TileSequence, Tileset,
 };
-use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite};
+use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite, Vanished};
 use mly_harvest::tiles::TileId;
 
 use common::{ogr_conn, psql};
@@ -82,13 +83,25 @@ fn tile_write(run: RunId, owner: &str, tileset: Tileset, tile: TileId) -> TileWr
         sequences: vec![],
         features: vec![],
         detections: vec![],
+        vanished: Vanished::default(),
     }
 }
 
 async fn write_images(store: &Store, tile: TileId, images: Vec<ImageRow>) -> mly_harvest::store::WriteCounts {
+    write_images_judged(store, tile, images, Vanished::default()).await
+}
+
+/// Writes a tile with the Graph API's judgement on the records it no longer lists.
+async fn write_images_judged(
+    store: &Store,
+    tile: TileId,
+    images: Vec<ImageRow>,
+    vanished: Vanished,
+) -> mly_harvest::store::WriteCounts {
     let (run, owner) = lease(store, Tileset::Public, tile).await;
     let mut w = tile_write(run, &owner, Tileset::Public, tile);
     w.images = images;
+    w.vanished = vanished;
     store.write_tile(&w).await.expect("write_tile")
 }
 
@@ -260,10 +273,26 @@ async fn write_upsert_tombstone_revive_and_sequences() {
         "Canon\tEOS \\ \"x\"\n|4000|t|POINT(8.40001 47.40001)"
     );
 
-    // Image 4 vanishes: tombstoned, sequence rebuilt from live images (gap gone with 4? no: 5 alone).
+    // Image 4 vanishes from the tile. Without the Graph API's word it is kept as it is ...
     let mut fewer = images();
     fewer.retain(|i| i.tile.id.0 != 4);
-    let c = write_images(&store, T1, fewer).await;
+    let c = write_images(&store, T1, fewer.clone()).await;
+    assert_eq!((c.new, c.deleted, c.missing_from_tile), (0, 0, 0));
+    assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images_live"), "6");
+    // ... confirmed present: kept and stamped ...
+    let kept = Vanished { missing: vec![4], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, fewer.clone(), kept).await;
+    assert_eq!((c.deleted, c.missing_from_tile), (0, 1));
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT deleted_at IS NULL, missing_from_tile_at IS NOT NULL FROM mapillary.images WHERE id = 4"
+        ),
+        "t|t"
+    );
+    // ... confirmed gone: tombstoned, sequence rebuilt from live images (5 alone after the gap).
+    let gone = Vanished { deleted: vec![4], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, fewer, gone).await;
     assert_eq!((c.new, c.deleted), (0, 1));
     assert_eq!(psql(&url, "SELECT deleted_at IS NOT NULL FROM mapillary.images WHERE id = 4"), "t");
     assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images_live"), "5");
@@ -283,10 +312,12 @@ async fn write_upsert_tombstone_revive_and_sequences() {
     let c = write_images(&store, T2, vec![img(6, 8.4200, 47.4050, "s2", 1_000)]).await;
     assert_eq!((c.new, c.changed, c.deleted), (0, 1, 0));
     assert_eq!(psql(&url, "SELECT tile_x, deleted_at IS NULL FROM mapillary.images WHERE id = 6"), "8575|t");
-    // ...and a later write of T1 without it does not tombstone it (it lives in T2 now).
+    // ...and a later write of T1 without it does not tombstone it (it lives in T2 now), not even
+    // when a lookup made before T2's write had judged it gone.
     let mut without6 = images();
     without6.retain(|i| i.tile.id.0 != 6);
-    let c = write_images(&store, T1, without6).await;
+    let stale = Vanished { deleted: vec![6], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, without6, stale).await;
     assert_eq!(c.deleted, 0);
     assert_eq!(psql(&url, "SELECT deleted_at IS NULL FROM mapillary.images WHERE id = 6"), "t");
 
@@ -404,6 +435,7 @@ async fn features_links_and_detections() {
     let (run, owner) = lease(&store, Tileset::FeaturePoint, T1).await;
     let mut w = tile_write(run, &owner, Tileset::FeaturePoint, T1);
     w.features = vec![feat(1, FeatureKind::Point)];
+    w.vanished.deleted = vec![2];
     let c = store.write_tile(&w).await.unwrap();
     assert_eq!((c.deleted, c.changed), (1, 0));
     assert_eq!(
@@ -548,18 +580,21 @@ async fn dead_owner_is_reclaimed_live_one_is_not_and_runs_resume() {
 async fn budget_is_never_overspent() {
     let (store, url) = migrated("budget").await;
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let app = AppKey::from_token("MLY|77|secret-of-the-budget-test");
+    // A fast pace: this test is about the count, `tiles_are_paced_across_schemas` about time.
+    let limits = TileLimits { per_day: 100, per_minute: 6_000_000 };
     let mut handles = vec![];
     for _ in 0..6 {
-        let store = store.clone();
+        let (store, app) = (store.clone(), app.clone());
         handles.push(tokio::spawn(async move {
             let mut total = 0u32;
             loop {
-                let g = jobs::take_tile_budget(&store, day, 100, 7).await.unwrap();
-                assert!(g <= 7);
-                if g == 0 {
+                let g = budget::take(&store, &app, day, limits, 7).await.unwrap();
+                assert!(g.tiles <= 7);
+                if g.tiles == 0 {
                     return total;
                 }
-                total += g;
+                total += g.tiles;
             }
         }));
     }
@@ -568,9 +603,43 @@ async fn budget_is_never_overspent() {
         sum += h.await.unwrap();
     }
     assert_eq!(sum, 100);
-    assert_eq!(psql(&url, "SELECT used FROM mapillary.tile_budget"), "100");
+    assert_eq!(psql(&url, "SELECT used FROM mly_harvest_global.tile_budget"), "100");
     let other = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
-    assert_eq!(jobs::take_tile_budget(&store, other, 100, 30).await.unwrap(), 30);
+    assert_eq!(budget::take(&store, &app, other, limits, 30).await.unwrap().tiles, 30);
+    // Another app has its own budget.
+    let app2 = AppKey::from_token("MLY|78|secret-of-the-budget-test");
+    assert_eq!(budget::take(&store, &app2, day, limits, 30).await.unwrap().tiles, 30);
+}
+
+/// Issue 16 item 10: two schemas on one token share one day's budget and one pace; the
+/// token itself is stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_are_paced_and_budgeted_across_schemas() {
+    let (a, url) = migrated("budget_schemas").await;
+    let b = Store::connect(&url, "second", 2).await.unwrap();
+    b.migrate().await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let token = "MLY|4242|budgettokensecret0123456789abcdef";
+    let app = AppKey::from_token(token);
+    // 600/min = one tile every 100 ms.
+    let limits = TileLimits { per_day: 10, per_minute: 600 };
+    let ga = budget::take(&a, &app, day, limits, 4).await.unwrap();
+    let gb = budget::take(&b, &app, day, limits, 4).await.unwrap();
+    let gc = budget::take(&a, &app, day, limits, 4).await.unwrap();
+    assert_eq!((ga.tiles, gb.tiles, gc.tiles), (4, 4, 2), "one budget of 10 for both schemas");
+    assert_eq!(ga.spacing, Duration::from_millis(100));
+    // The second schema's slots come after the first's four: about 400 ms later.
+    assert!(ga.first_in < Duration::from_millis(50), "{:?}", ga.first_in);
+    assert!(
+        gb.first_in > Duration::from_millis(300) && gb.first_in <= Duration::from_millis(400),
+        "{:?}",
+        gb.first_in
+    );
+    assert!(gc.first_in > Duration::from_millis(700), "{:?}", gc.first_in);
+    assert_eq!(budget::used(&b, &app, day).await.unwrap(), 10);
+    let stored = psql(&url, "SELECT string_agg(app_key, ',') FROM mly_harvest_global.tile_budget");
+    assert_eq!(stored, app.as_str());
+    assert!(!stored.contains("4242") && !stored.contains("budgettokensecret"));
 }
 
 #[tokio::test]

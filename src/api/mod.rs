@@ -41,6 +41,9 @@ pub struct ApiSettings {
     pub max_retries: u32,
     pub search_per_minute: u32,
     pub entity_per_minute: u32,
+    /// Calls of one family in a row that fail to connect or time out before the circuit breaker
+    /// trips and every further call of that family fails at once (`mapillary.breaker_after`).
+    pub breaker_after: u32,
 }
 
 /// The outcome of a tile request.
@@ -50,7 +53,8 @@ pub enum TileResponse {
     Data { bytes: bytes::Bytes, etag: Option<String> },
     /// Unchanged since the ETag we sent.
     NotModified,
-    /// No data at this tile (200 empty, 204, 403, 404).
+    /// No data at this tile (200 empty, 204, 403, 404). Not proof that records the tile held
+    /// before are gone: a dense tile can answer 404 for a while (§13.3).
     Empty,
 }
 
@@ -81,6 +85,8 @@ pub struct ApiCounters {
     pub throttled: u64,
     pub not_modified: u64,
     pub bytes: u64,
+    /// Multi-id calls made to confirm that records gone from their tile are gone upstream.
+    pub confirm: u64,
 }
 
 /// Replaces the value of every `access_token` query parameter (plain or percent-encoded key)
@@ -142,6 +148,7 @@ mod tests {
             max_retries: 1,
             search_per_minute: 1,
             entity_per_minute: 1,
+            breaker_after: 1,
         };
         assert!(!format!("{s:?}").contains("topsecretvalue"));
     }

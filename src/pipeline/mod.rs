@@ -5,6 +5,7 @@
 //! database, enriched only where new or changed, and written together with its done-state in one
 //! transaction. At most `limits.concurrency` tiles are in flight, so memory stays flat.
 
+pub mod block;
 pub mod enrich;
 pub mod plan;
 mod progress;
@@ -20,16 +21,18 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{ApiClient, ApiCounters, ApiError, ApiSettings, TileResponse};
+use crate::budget;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
-use crate::model::{DecodedTile, ImageId, TileFeature, TileImage};
+use crate::model::{DecodedTile, ImageId, MapFeatureId, TileFeature, TileImage};
 use crate::mvt;
 use crate::region::{Region, fnv1a};
 use crate::store::{
-    DetectionRow, FeatureRow, ImageRow, Known, Stage, Store, StoreError, TileSnapshot, TileWrite, WriteCounts,
+    DetectionRow, FeatureRow, ImageRow, Known, MovedAway, Stage, Store, StoreError, TileWrite, Vanished,
+    WriteCounts,
 };
-use crate::tiles::HARVEST_ZOOM;
+use crate::tiles::{HARVEST_ZOOM, TileId};
 
 use enrich::Located;
 
@@ -39,6 +42,9 @@ const MAX_TILE_ATTEMPTS: i32 = 3;
 const OTHERS_POLL: Duration = Duration::from_millis(500);
 /// A corrupt tile body is fetched again this many times before the attempt fails.
 const DECODE_RETRIES: u32 = 2;
+/// A tile that held live records and reads empty (or 403/404) is read again this many times,
+/// later in the run, before its records are checked by id (§13.3: a dense tile can 404 for a while).
+const EMPTY_REREADS: i16 = 2;
 
 /// Options of one `sync` invocation.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +57,8 @@ pub struct SyncOptions {
     pub budget_day: Option<NaiveDate>,
     /// Receives the run's counters however the run ends (for the metrics file).
     pub trace: Option<Arc<trace::RunTrace>>,
+    /// Ask the tile server even though a block is recorded for this machine.
+    pub ignore_block: bool,
 }
 
 /// Errors that stop a run.
@@ -66,6 +74,12 @@ pub enum PipelineError {
     Jobs(#[from] JobsError),
     #[error("{0}")]
     Api(ApiError),
+    /// The circuit breaker tripped: an API host does not answer (the message names it).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The tile server blocked this IP (now, or in a run before and the block is not over).
+    #[error("{}", .0.message())]
+    Blocked(block::Block),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,7 +90,8 @@ impl PipelineError {
         match self {
             PipelineError::Auth(_) => exit::AUTH,
             PipelineError::Store(_) | PipelineError::Jobs(_) => exit::DATABASE,
-            PipelineError::Api(_) => exit::API,
+            PipelineError::Api(_) | PipelineError::Unreachable(_) => exit::API,
+            PipelineError::Blocked(_) => exit::BLOCKED,
             PipelineError::Internal(_) => exit::INTERNAL,
         }
     }
@@ -109,6 +124,12 @@ pub struct Counters {
     pub deleted: AtomicU64,
     pub enriched: AtomicU64,
     pub missing: AtomicU64,
+    /// Live records gone from their tile but confirmed present upstream: kept.
+    pub missing_from_tile: AtomicU64,
+    /// Live records gone from their tile that the Graph API places in another tile: moved.
+    pub moved_away: AtomicU64,
+    /// Tiles read again later because they read empty while holding live records.
+    pub rechecked: AtomicU64,
 }
 
 /// The end-of-run summary.
@@ -141,7 +162,7 @@ impl SyncSummary {
     pub fn render(&self) -> String {
         let p = &self.this_process;
         format!(
-            "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
+            "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted (confirmed by {} Graph calls); {} missing_from_tile (kept), {} moved out, {} tiles re-read; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
             self.run_id,
             if self.resumed { "resumed" } else { "new" },
             self.outcome,
@@ -156,6 +177,10 @@ impl SyncSummary {
             p["new"],
             p["changed"],
             p["deleted"],
+            self.requests.confirm,
+            p["missing_from_tile"],
+            p["moved_away"],
+            p["rechecked"],
             p["enriched"],
             p["missing"],
             self.requests.tiles,
@@ -197,6 +222,8 @@ impl Counters {
             "tiles_unchanged": g(&self.tiles_unchanged), "images": g(&self.images),
             "features": g(&self.features), "new": g(&self.new), "changed": g(&self.changed),
             "deleted": g(&self.deleted), "enriched": g(&self.enriched), "missing": g(&self.missing),
+            "missing_from_tile": g(&self.missing_from_tile), "moved_away": g(&self.moved_away),
+            "rechecked": g(&self.rechecked),
         })
     }
 }
@@ -208,12 +235,22 @@ struct Ctx {
     api: ApiClient,
     run: RunId,
     owner: String,
+    /// Whose tile budget and pace this run spends (the token's app).
+    app: budget::AppKey,
+    limits: budget::TileLimits,
     refresh_before: Option<chrono::DateTime<Utc>>,
     counters: Counters,
     /// Set when the run must stop claiming (signal, token refused, budget spent).
     stop: AtomicBool,
+    /// Set when the API stopped the run (token refused, host unreachable): tiles still waiting
+    /// for their pace slot do not start. (A spent budget lets granted tiles finish.)
+    halted: AtomicBool,
     /// Rows written when the tables were last analyzed (see `analyze_when_grown`).
     analyzed_at: AtomicU64,
+    /// Where a tile server block is recorded for this run's tile server and machine.
+    block_key: block::BlockKey,
+    /// `--ignore-block`: do not look for a recorded block before each tile request.
+    ignore_block: bool,
 }
 
 /// What one tile's processing ended in.
@@ -225,8 +262,21 @@ enum TileEnd {
     Fail(String),
     /// The token was refused: stop everything.
     Auth(String),
+    /// The circuit breaker tripped (an API host does not answer): stop everything.
+    Unreachable(String),
     /// Another worker owns the tile now (our lease expired); nothing to do.
     LeaseLost,
+    /// The run stopped before the tile's slot came; it is handed back at the end of the run.
+    NotStarted,
+    /// The tile read empty while the database holds live records for it: read it again later.
+    Recheck,
+    /// The tile server blocked this IP: stop every tile request. `recorded` when the block came
+    /// from the database (another process met it), else it is recorded when settled.
+    Blocked {
+        at: chrono::DateTime<Utc>,
+        detail: String,
+        recorded: Option<block::Block>,
+    },
 }
 
 /// Harvests `region` (or resumes its unfinished run) and returns the summary.
@@ -254,6 +304,14 @@ pub async fn sync(
             "detections": cfg.harvest.detections,
         });
         let run_key = format!("{:016x}", fnv1a(settings.to_string().as_bytes()));
+        // A recorded block stops the run before it asks the tile server anything (or changes
+        // any job state): every request during a block extends it.
+        let block_key = block::BlockKey::new(&cfg.mapillary.tiles_url);
+        if !opts.ignore_block
+            && let Some(b) = block::active(store, &block_key).await?
+        {
+            return Err(PipelineError::Blocked(b));
+        }
         let (run, resumed) =
             jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &settings, &planned).await?;
         info!(run = %run, resumed, tiles = planned.len(), "run started");
@@ -266,6 +324,7 @@ pub async fn sync(
             max_retries: cfg.mapillary.max_retries,
             search_per_minute: cfg.limits.search_per_minute,
             entity_per_minute: cfg.limits.entity_per_minute,
+            breaker_after: cfg.mapillary.breaker_after,
         })
         .map_err(PipelineError::Api)?;
         let refresh_before = opts
@@ -278,10 +337,18 @@ pub async fn sync(
             api,
             run,
             owner: jobs::owner_id(),
+            app: budget::AppKey::from_token(cfg.mapillary.access_token.expose()),
+            limits: budget::TileLimits {
+                per_day: cfg.limits.tiles_per_day,
+                per_minute: cfg.limits.tiles_per_minute,
+            },
             refresh_before,
             counters: Counters::default(),
             stop: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
             analyzed_at: AtomicU64::new(0),
+            block_key,
+            ignore_block: opts.ignore_block,
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
@@ -353,17 +420,33 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
         let stopping = ctx.stop.load(Ordering::Relaxed) || fatal.is_some();
         let room = concurrency.saturating_sub(in_flight.len());
         let allowed = opts.max_tiles.map_or(u64::MAX, |m| m.saturating_sub(started_tiles));
-        if !stopping && room > 0 && allowed > 0 {
+        // A block met by another process of the run: claim nothing more (and spend no budget).
+        let blocked = if !stopping && room > 0 && allowed > 0 && !ctx.ignore_block {
+            block::active(&ctx.store, &ctx.block_key).await?
+        } else {
+            None
+        };
+        if let Some(b) = blocked {
+            warn!("the tile server blocked this IP (recorded by another process); stopping");
+            ctx.stop.store(true, Ordering::Relaxed);
+            if fatal.is_none() {
+                fatal = Some(PipelineError::Blocked(b));
+            }
+        } else if !stopping && room > 0 && allowed > 0 {
             let want = (room as u64).min(allowed) as i64;
             let claimed = jobs::claim(&ctx.store, ctx.run, &ctx.owner, want, lease).await?;
-            let granted = if claimed.is_empty() {
-                0
+            let grant = if claimed.is_empty() {
+                budget::Grant::none()
             } else {
-                jobs::take_tile_budget(&ctx.store, day, ctx.cfg.limits.tiles_per_day, claimed.len() as u32)
-                    .await? as usize
+                // At most `concurrency` (a u32) tiles are claimed at once.
+                let n = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+                budget::take(&ctx.store, &ctx.app, day, ctx.limits, n).await?
             };
+            let granted_at = tokio::time::Instant::now();
             for (i, c) in claimed.into_iter().enumerate() {
-                if i >= granted {
+                // i < claimed.len() <= concurrency, a u32.
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                if i >= grant.tiles {
                     // Over budget: hand the tile back untouched for the next day's run.
                     jobs::fail_tile(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent", true)
                         .await?;
@@ -373,7 +456,15 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 }
                 started_tiles += 1;
                 let ctx2 = Arc::clone(ctx);
+                // The app's pace (limits.tiles_per_minute, across processes) gave this tile a slot.
+                let start = granted_at + grant.start_of(i);
                 in_flight.spawn(async move {
+                    tokio::time::sleep_until(start).await;
+                    // The API stopped the run (token refused, host unreachable) while this tile
+                    // waited for its slot: it spends no request (`jobs::release` hands it back).
+                    if ctx2.halted.load(Ordering::Relaxed) {
+                        return (c, TileEnd::NotStarted);
+                    }
                     let span = info_span!("tile", tileset = %c.tileset, tile = %c.tile);
                     let r = process_tile(&ctx2, &c).instrument(span).await;
                     (c, r)
@@ -391,10 +482,11 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
             if stopping || allowed == 0 {
                 break;
             }
+            // Pending tiles nobody could claim are waiting for their re-read time.
             let others = jobs::run_tiles(&ctx.store, ctx.run)
                 .await?
                 .iter()
-                .any(|(_, state, n)| state == "leased" && *n > 0);
+                .any(|(_, state, n)| (state == "leased" || state == "pending") && *n > 0);
             if !others {
                 break;
             }
@@ -433,7 +525,7 @@ async fn settle(
     fatal: &mut Option<PipelineError>,
 ) -> Result<(), PipelineError> {
     match r {
-        TileEnd::Written | TileEnd::LeaseLost => {}
+        TileEnd::Written | TileEnd::LeaseLost | TileEnd::NotStarted => {}
         TileEnd::Retry(msg) => {
             let retry = c.attempts < MAX_TILE_ATTEMPTS;
             warn!(tileset = %c.tileset, tile = %c.tile, attempts = c.attempts, retry, error = %msg, "tile failed");
@@ -447,11 +539,59 @@ async fn settle(
             ctx.counters.tiles_failed.fetch_add(1, Ordering::Relaxed);
             jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, &msg, false).await?;
         }
+        TileEnd::Recheck => {
+            ctx.counters.rechecked.fetch_add(1, Ordering::Relaxed);
+            let delay = Duration::from_secs(ctx.cfg.harvest.recheck_secs);
+            info!(tileset = %c.tileset, tile = %c.tile, empty_reads = c.empty_reads + 1, delay_s = delay.as_secs(),
+                "tile read empty although it held live records; reading it again later");
+            jobs::defer_tile(
+                &ctx.store,
+                ctx.run,
+                c,
+                &ctx.owner,
+                jobs::Deferral::EmptyRead { delay },
+                "read empty (or 403/404) while holding live records; read again later",
+            )
+            .await?;
+        }
+        TileEnd::Blocked { at, detail, recorded } => {
+            ctx.stop.store(true, Ordering::Relaxed);
+            jobs::defer_tile(
+                &ctx.store,
+                ctx.run,
+                c,
+                &ctx.owner,
+                jobs::Deferral::Blocked,
+                "the tile server blocked this IP",
+            )
+            .await?;
+            let b = match recorded {
+                Some(b) => b,
+                None => {
+                    let pause = Duration::from_secs(ctx.cfg.harvest.block_pause_secs);
+                    block::record(&ctx.store, &ctx.block_key, at, pause, &detail, ctx.run.0).await?
+                }
+            };
+            if !matches!(fatal, Some(PipelineError::Auth(_) | PipelineError::Blocked(_))) {
+                *fatal = Some(PipelineError::Blocked(b));
+            }
+        }
         TileEnd::Auth(msg) => {
             ctx.stop.store(true, Ordering::Relaxed);
+            ctx.halted.store(true, Ordering::Relaxed);
             jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, "token refused", true).await?;
             if fatal.is_none() {
                 *fatal = Some(PipelineError::Auth(msg));
+            }
+        }
+        TileEnd::Unreachable(msg) => {
+            // Not the tile's fault: its lease stays until `jobs::release` at the end of the run
+            // hands it back without counting the attempt, so a down host never fails tiles.
+            ctx.stop.store(true, Ordering::Relaxed);
+            ctx.halted.store(true, Ordering::Relaxed);
+            if fatal.is_none() {
+                warn!(tileset = %c.tileset, tile = %c.tile, "API host unreachable; stopping the run");
+                *fatal = Some(PipelineError::Unreachable(msg));
             }
         }
     }
@@ -462,7 +602,11 @@ fn classify(e: ApiError) -> TileEnd {
     if e.is_auth() {
         return TileEnd::Auth(e.to_string());
     }
+    if e.is_unreachable() {
+        return TileEnd::Unreachable(e.to_string());
+    }
     match e {
+        ApiError::Blocked { at, detail } => TileEnd::Blocked { at, detail, recorded: None },
         ApiError::Permanent { .. } | ApiError::TooLarge { .. } => TileEnd::Fail(e.to_string()),
         other => TileEnd::Retry(other.to_string()),
     }
@@ -498,16 +642,16 @@ impl From<StoreError> for TileFailure {
 
 async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     let times = ctx.store.times();
-    let enrich = ctx.cfg.harvest.enrich;
     let started = Instant::now();
-    // The live records are for choosing what to enrich; without enrichment the write alone
-    // compares the tile with the database.
-    let snapshot = if enrich {
-        ctx.store.tile_snapshot(c.tileset, c.tile).await?
-    } else {
-        TileSnapshot { etag: ctx.store.tile_etag(c.tileset, c.tile).await?, live: HashMap::new() }
-    };
+    let snapshot = ctx.store.tile_snapshot(c.tileset, c.tile).await?;
     times.add(Stage::Snapshot, started);
+    // Another process of this run (or any run on this machine) may have met a block since this
+    // tile was claimed: then not one more tile request.
+    if !ctx.ignore_block
+        && let Some(b) = block::active(&ctx.store, &ctx.block_key).await?
+    {
+        return Ok(TileEnd::Blocked { at: b.at, detail: b.detail.clone(), recorded: Some(b) });
+    }
     // A refresh needs the tile's current content, so it does not ask for "not modified".
     let etag = if ctx.refresh_before.is_some() { None } else { snapshot.etag.as_deref() };
     let mut attempt = 0;
@@ -545,9 +689,27 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         }
     };
     let mut w = empty_write(ctx, c, new_etag, false);
+    let enrich = ctx.cfg.harvest.enrich;
+    let far_edge: HashSet<i64> = decoded.far_edge.iter().copied().collect();
+    // Live records the tile no longer lists. An empty, 403 or 404 answer is no proof that they
+    // are gone (§13.3): such a tile is read again later in the run, then its records are checked
+    // by id, and only those the Graph API confirms gone are tombstoned.
+    let listed: HashSet<i64> = if c.tileset.is_coverage() {
+        decoded.images.iter().map(|r| r.id.0).collect()
+    } else {
+        decoded.features.iter().map(|r| r.id.0).collect()
+    };
+    let mut vanished: Vec<i64> = snapshot.live.keys().copied().filter(|id| !listed.contains(id)).collect();
+    vanished.sort_unstable();
+    if !vanished.is_empty() && listed.is_empty() && c.empty_reads < EMPTY_REREADS {
+        return Ok(TileEnd::Recheck);
+    }
+    let confirming = Instant::now();
+    w.vanished = confirm_vanished(ctx, c, &vanished).await?;
+    times.add(Stage::Enrich, confirming);
     if c.tileset.is_coverage() {
         let looking = Instant::now();
-        let d = diff(ctx, snapshot.live, decoded.images, true).await?;
+        let d = diff(ctx, snapshot.live, decoded.images, &far_edge, true).await?;
         times.add(Stage::Lookup, looking);
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
@@ -569,7 +731,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         w.sequences = decoded.sequences;
     } else {
         let looking = Instant::now();
-        let d = diff(ctx, snapshot.live, decoded.features, false).await?;
+        let d = diff(ctx, snapshot.live, decoded.features, &far_edge, false).await?;
         times.add(Stage::Lookup, looking);
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
@@ -592,9 +754,46 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     ctx.counters.new.fetch_add(counts.new, Ordering::Relaxed);
     ctx.counters.changed.fetch_add(counts.changed, Ordering::Relaxed);
     ctx.counters.deleted.fetch_add(counts.deleted, Ordering::Relaxed);
+    ctx.counters.missing_from_tile.fetch_add(counts.missing_from_tile, Ordering::Relaxed);
+    ctx.counters.moved_away.fetch_add(counts.moved_away, Ordering::Relaxed);
     ctx.counters.tiles_done.fetch_add(1, Ordering::Relaxed);
     analyze_when_grown(ctx).await;
     Ok(TileEnd::Written)
+}
+
+/// Asks the Graph API about records that vanished from the tile: those it does not find (code
+/// 100/33) are gone; found ones are kept, in this tile or in the tile their position is in now.
+async fn confirm_vanished(ctx: &Ctx, c: &Claimed, ids: &[i64]) -> Result<Vanished, ApiError> {
+    let mut out = Vanished::default();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    // (id, position the tile would show) of each record the API still has.
+    let found: Vec<(i64, Option<(f64, f64)>)> = if c.tileset.is_coverage() {
+        let by = ctx.api.confirm_images(&ids.iter().copied().map(ImageId).collect::<Vec<_>>()).await?;
+        out.deleted = by.missing;
+        let computed = c.tileset == crate::model::Tileset::ComputedPublic;
+        by.found
+            .into_iter()
+            .map(|d| (d.id.0, if computed { d.computed_geometry.or(d.geometry) } else { d.geometry }))
+            .collect()
+    } else {
+        let ids: Vec<MapFeatureId> = ids.iter().copied().map(MapFeatureId).collect();
+        let by = ctx.api.confirm_map_features(&ids).await?;
+        out.deleted = by.missing;
+        by.found.into_iter().map(|d| (d.id.0, d.geometry)).collect()
+    };
+    for (id, pos) in found {
+        match pos.map(|(lon, lat)| (TileId::containing(HARVEST_ZOOM, lon, lat), lon, lat)) {
+            Some((tile, lon, lat)) if tile != c.tile => out.moved.push(MovedAway { id, tile, lon, lat }),
+            _ => out.missing.push(id),
+        }
+    }
+    if !out.missing.is_empty() || !out.moved.is_empty() {
+        info!(tileset = %c.tileset, tile = %c.tile, gone = out.deleted.len(), kept = out.missing.len(),
+            moved = out.moved.len(), "records missing from the tile checked by id; only confirmed ones are deleted");
+    }
+    Ok(out)
 }
 
 /// Rows written before the first statistics refresh.
@@ -629,6 +828,7 @@ fn empty_write(ctx: &Ctx, c: &Claimed, etag: Option<String>, unchanged: bool) ->
         sequences: Vec::new(),
         features: Vec::new(),
         detections: Vec::new(),
+        vanished: Vanished::default(),
     }
 }
 
@@ -704,27 +904,49 @@ impl<T: TileRecord> Diff<T> {
 /// Diffs a tile's records against the database: the tile's own live rows, plus rows elsewhere
 /// (records that moved in from another tile, or deleted ones coming back). A record needs
 /// enrichment when it is new, changed in the tile, revived, never enriched, or stale.
+///
+/// A record belongs to the tile that contains its position. Copies beyond the edge (the render
+/// buffer) never reach here (the decoder leaves them out); a record drawn exactly on the east or
+/// south edge (`far_edge`) is also the neighbour's first pixel, so when it is already live in
+/// another tile it stays there: it is not moved, rewritten or enriched from this tile, so it
+/// cannot flip between the two tiles from run to run.
 async fn diff<T: TileRecord>(
     ctx: &Ctx,
     live: HashMap<i64, Known>,
-    records: Vec<T>,
+    mut records: Vec<T>,
+    far_edge: &HashSet<i64>,
     images: bool,
 ) -> Result<Diff<T>, StoreError> {
     let mut known = live;
-    // What the database knows decides what to enrich; without enrichment nothing is needed (the
+    // What the database knows of records outside the tile decides what to enrich, and whether an
+    // edge record stays where it lives; without enrichment only edge records are looked up (the
     // write itself compares the tile with the stored rows).
     let enrich = ctx.cfg.harvest.enrich;
-    let others: Vec<i64> = if enrich {
-        records.iter().map(T::id).filter(|id| !known.contains_key(id)).collect()
-    } else {
-        Vec::new()
-    };
+    let others: Vec<i64> = records
+        .iter()
+        .map(T::id)
+        .filter(|id| !known.contains_key(id) && (enrich || far_edge.contains(id)))
+        .collect();
     if !others.is_empty() {
         let more = if images {
             ctx.store.known_images(&others).await?
         } else {
             ctx.store.known_features(&others).await?
         };
+        if !far_edge.is_empty() {
+            let elsewhere: HashSet<i64> = more
+                .iter()
+                .filter(|(id, k)| !k.deleted && far_edge.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            if !elsewhere.is_empty() {
+                debug!(
+                    records = elsewhere.len(),
+                    "edge records already live in the neighbouring tile stay there"
+                );
+                records.retain(|r| !elsewhere.contains(&r.id()));
+            }
+        }
         known.extend(more);
     }
     let rows: Vec<(T, i64)> = records

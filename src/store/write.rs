@@ -55,11 +55,15 @@ CREATE TEMP TABLE stage_det (
     id bigint, image_id bigint, feature_id bigint, value text, created_ms bigint, wkb bytea, b64 text
 ) ON COMMIT DROP";
 
-/// The tile's live images as the database holds them: what a re-read is compared with.
-const LIVE_IMAGES: &str = "SELECT id, tile_hash FROM images
-    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL";
-const LIVE_FEATURES: &str = "SELECT id, tile_hash FROM map_features
-    WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL";
+/// The tile's live images as the database holds them: what a re-read is compared with. A record
+/// stamped missing from its tile has no fingerprint here, so that a read listing it again clears
+/// the stamp.
+const LIVE_IMAGES: &str = "
+SELECT id, CASE WHEN missing_from_tile_at IS NULL THEN tile_hash END FROM images
+WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL";
+const LIVE_FEATURES: &str = "
+SELECT id, CASE WHEN missing_from_tile_at IS NULL THEN tile_hash END FROM map_features
+WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL";
 
 // Staged rows only: the ones that differ from the tile's live rows (new, changed, moved in,
 // revived, or with fresh details).
@@ -132,17 +136,67 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, i.enriched_at),
+    missing_from_tile_at = NULL,
     deleted_at = NULL
-WHERE EXCLUDED.enriched_at IS NOT NULL OR i.deleted_at IS NOT NULL
+WHERE EXCLUDED.enriched_at IS NOT NULL OR i.deleted_at IS NOT NULL OR i.missing_from_tile_at IS NOT NULL
    OR i.tile_hash IS DISTINCT FROM EXCLUDED.tile_hash
    OR (i.tile_z, i.tile_x, i.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)";
 
-/// Records of the tile that vanished from it, by id; the tile condition leaves alone any that
-/// another tile's writer has moved away meanwhile. Returns their sequences.
+// Vanished records ($4 for images, $5 for features; never ids the tile lists, see `Gone`), only
+// while they are still this tile's and live: a concurrent writer may have moved one to its own
+// tile since the snapshot.
+
+/// Only ids the Graph API confirmed gone. Returns their sequences.
 const TOMBSTONE_IMAGES: &str = "
 UPDATE images SET deleted_at = now()
 WHERE id = ANY($4) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL
 RETURNING sequence_id";
+
+/// Confirmed-present records missing from their tile are kept; the stamp says since when (set
+/// once: a record missing night after night is not rewritten). Returns how many are kept.
+const MARK_MISSING_IMAGES: &str = "
+WITH kept AS (
+    SELECT id, missing_from_tile_at FROM images
+    WHERE id = ANY($4) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND deleted_at IS NULL
+), stamped AS (
+    UPDATE images i SET missing_from_tile_at = now()
+    FROM kept WHERE i.id = kept.id AND kept.missing_from_tile_at IS NULL
+)
+SELECT count(*) FROM kept";
+const MARK_MISSING_FEATURES: &str = "
+WITH kept AS (
+    SELECT id, missing_from_tile_at FROM map_features
+    WHERE id = ANY($5) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4
+      AND deleted_at IS NULL
+), stamped AS (
+    UPDATE map_features f SET missing_from_tile_at = now()
+    FROM kept WHERE f.id = kept.id AND kept.missing_from_tile_at IS NULL
+)
+SELECT count(*) FROM kept";
+
+/// Confirmed-present records the Graph API places in another tile now move there, with that
+/// position ($9: the tileset's positions are computed ones). Returns their sequences.
+const MOVE_AWAY_IMAGES: &str = "
+WITH m AS (
+    SELECT * FROM unnest($4::bigint[], $5::integer[], $6::integer[], $7::float8[], $8::float8[])
+        AS m(id, x, y, lon, lat)
+)
+UPDATE images i SET tile_x = m.x, tile_y = m.y, missing_from_tile_at = NULL,
+    geom = CASE WHEN $9 THEN i.geom ELSE ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326) END,
+    computed_geom = CASE WHEN $9 THEN ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326) ELSE i.computed_geom END
+FROM m
+WHERE i.id = m.id AND i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
+RETURNING i.sequence_id";
+const MOVE_AWAY_FEATURES: &str = "
+WITH m AS (
+    SELECT * FROM unnest($5::bigint[], $6::integer[], $7::integer[], $8::float8[], $9::float8[])
+        AS m(id, x, y, lon, lat)
+)
+UPDATE map_features f SET tile_x = m.x, tile_y = m.y, missing_from_tile_at = NULL,
+    geom = ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326)
+FROM m
+WHERE f.id = m.id AND f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4
+  AND f.deleted_at IS NULL";
 
 /// The tile's sequences (deduplicated arrays: id, is_pano, creator, organization) whose row is
 /// missing or whose attributes the tile changes; the others need no rebuild for the tile's sake.
@@ -260,11 +314,13 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, f.enriched_at),
+    missing_from_tile_at = NULL,
     deleted_at = NULL
-WHERE EXCLUDED.enriched_at IS NOT NULL OR f.deleted_at IS NOT NULL
+WHERE EXCLUDED.enriched_at IS NOT NULL OR f.deleted_at IS NOT NULL OR f.missing_from_tile_at IS NOT NULL
    OR f.tile_hash IS DISTINCT FROM EXCLUDED.tile_hash OR f.object_type IS DISTINCT FROM EXCLUDED.object_type
    OR (f.tile_z, f.tile_x, f.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)";
 
+/// Only ids the Graph API confirmed gone.
 const TOMBSTONE_FEATURES: &str = "
 UPDATE map_features SET deleted_at = now()
 WHERE id = ANY($5) AND tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL";
@@ -427,31 +483,93 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
         times.add(Stage::Upsert, upserting);
 
         let tombstoning = Instant::now();
-        if !plan.vanished.is_empty() {
-            match kind {
-                None => {
+        let gone = Gone::of(w, &rows.keys);
+        let computed = w.tileset == Tileset::ComputedPublic;
+        match kind {
+            None => {
+                if !gone.deleted.is_empty() {
                     let seqs: Vec<Option<String>> = sqlx::query_scalar(TOMBSTONE_IMAGES)
                         .bind(z)
                         .bind(x)
                         .bind(y)
-                        .bind(&plan.vanished)
+                        .bind(&gone.deleted)
                         .fetch_all(&mut *conn)
                         .await
-                        .map_err(query_err(ctx("tombstoning vanished images")))?;
+                        .map_err(query_err(ctx("tombstoning images confirmed gone")))?;
                     counts.deleted += seqs.len() as u64;
                     touched.extend(seqs.into_iter().flatten());
                 }
-                Some(kind) => {
+                if !gone.missing.is_empty() {
+                    let kept: i64 = sqlx::query_scalar(MARK_MISSING_IMAGES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(&gone.missing)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("keeping images missing from their tile")))?;
+                    counts.missing_from_tile += kept.max(0) as u64;
+                }
+                if !gone.moved.ids.is_empty() {
+                    let m = &gone.moved;
+                    let seqs: Vec<Option<String>> = sqlx::query_scalar(MOVE_AWAY_IMAGES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(&m.ids)
+                        .bind(&m.xs)
+                        .bind(&m.ys)
+                        .bind(&m.lons)
+                        .bind(&m.lats)
+                        .bind(computed)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("moving images to their new tile")))?;
+                    counts.moved_away += seqs.len() as u64;
+                    touched.extend(seqs.into_iter().flatten());
+                }
+            }
+            Some(kind) => {
+                if !gone.deleted.is_empty() {
                     let r = sqlx::query(TOMBSTONE_FEATURES)
                         .bind(z)
                         .bind(x)
                         .bind(y)
                         .bind(kind)
-                        .bind(&plan.vanished)
+                        .bind(&gone.deleted)
                         .execute(&mut *conn)
                         .await
-                        .map_err(query_err(ctx("tombstoning vanished map features")))?;
+                        .map_err(query_err(ctx("tombstoning map features confirmed gone")))?;
                     counts.deleted += r.rows_affected();
+                }
+                if !gone.missing.is_empty() {
+                    let kept: i64 = sqlx::query_scalar(MARK_MISSING_FEATURES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(kind)
+                        .bind(&gone.missing)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("keeping map features missing from their tile")))?;
+                    counts.missing_from_tile += kept.max(0) as u64;
+                }
+                if !gone.moved.ids.is_empty() {
+                    let m = &gone.moved;
+                    let r = sqlx::query(MOVE_AWAY_FEATURES)
+                        .bind(z)
+                        .bind(x)
+                        .bind(y)
+                        .bind(kind)
+                        .bind(&m.ids)
+                        .bind(&m.xs)
+                        .bind(&m.ys)
+                        .bind(&m.lons)
+                        .bind(&m.lats)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(query_err(ctx("moving map features to their new tile")))?;
+                    counts.moved_away += r.rows_affected();
                 }
             }
         }
@@ -736,15 +854,14 @@ struct Plan {
     /// Indexes of the rows to write: new, changed, moved in, revived, or with details. A record
     /// listed twice is always written (the upsert keeps one row per id).
     write: Vec<usize>,
-    /// Live ids of the tile it no longer lists (sorted: tombstones lock rows in id order).
-    vanished: Vec<i64>,
     /// Distinct ids the tile lists.
     distinct: u64,
     /// No id is listed twice.
     unique: bool,
 }
 
-/// Compares a tile's rows with its live rows in the database.
+/// Compares a tile's rows with its live rows in the database (what became of live rows the tile
+/// no longer lists is the pipeline's finding, by id: `TileWrite::vanished`).
 fn plan(keys: &[RowKey], live: &HashMap<i64, Option<i64>>) -> Plan {
     let mut seen: HashMap<i64, u32> = HashMap::with_capacity(keys.len());
     for k in keys {
@@ -756,9 +873,7 @@ fn plan(keys: &[RowKey], live: &HashMap<i64, Option<i64>>) -> Plan {
         .filter(|(_, k)| k.has_details || seen[&k.id] > 1 || live.get(&k.id) != Some(&Some(k.tile_hash)))
         .map(|(i, _)| i)
         .collect();
-    let mut vanished: Vec<i64> = live.keys().filter(|id| !seen.contains_key(id)).copied().collect();
-    vanished.sort_unstable();
-    Plan { write, vanished, distinct: seen.len() as u64, unique: seen.len() == keys.len() }
+    Plan { write, distinct: seen.len() as u64, unique: seen.len() == keys.len() }
 }
 
 /// The identity of one encoded row.
@@ -797,6 +912,62 @@ impl EncodedRows {
             out.extend_from_slice(&self.text.buf[start..self.ends[i]]);
         }
         Cow::Owned(out)
+    }
+}
+
+/// What the write does with the tile's vanished records (as the pipeline confirmed them by id),
+/// leaving out any id the tile lists after all: a listed record is never tombstoned or moved.
+struct Gone {
+    deleted: Vec<i64>,
+    missing: Vec<i64>,
+    moved: MovedColumns,
+}
+
+impl Gone {
+    fn of(w: &TileWrite, listed: &[RowKey]) -> Gone {
+        let v = &w.vanished;
+        if v.deleted.is_empty() && v.missing.is_empty() && v.moved.is_empty() {
+            return Gone { deleted: Vec::new(), missing: Vec::new(), moved: MovedColumns::of(&[]) };
+        }
+        let listed: HashSet<i64> = listed.iter().map(|k| k.id).collect();
+        let keep = |ids: &[i64]| -> Vec<i64> {
+            let mut out: Vec<i64> = ids.iter().copied().filter(|id| !listed.contains(id)).collect();
+            // Sorted: row locks taken in id order.
+            out.sort_unstable();
+            out
+        };
+        let moved: Vec<super::MovedAway> = v.moved.iter().copied().filter(|m| !listed.contains(&m.id)).collect();
+        Gone { deleted: keep(&v.deleted), missing: keep(&v.missing), moved: MovedColumns::of(&moved) }
+    }
+}
+
+/// The moved records as column arrays for `unnest`.
+struct MovedColumns {
+    ids: Vec<i64>,
+    xs: Vec<i32>,
+    ys: Vec<i32>,
+    lons: Vec<f64>,
+    lats: Vec<f64>,
+}
+
+impl MovedColumns {
+    fn of(moved: &[super::MovedAway]) -> MovedColumns {
+        let mut m = MovedColumns {
+            ids: Vec::with_capacity(moved.len()),
+            xs: Vec::with_capacity(moved.len()),
+            ys: Vec::with_capacity(moved.len()),
+            lons: Vec::with_capacity(moved.len()),
+            lats: Vec::with_capacity(moved.len()),
+        };
+        for r in moved {
+            let (_, x, y) = tile_key(r.tile);
+            m.ids.push(r.id);
+            m.xs.push(x);
+            m.ys.push(y);
+            m.lons.push(r.lon);
+            m.lats.push(r.lat);
+        }
+        m
     }
 }
 
@@ -1160,10 +1331,10 @@ mod tests {
     }
 
     #[test]
-    fn plan_writes_only_what_differs_and_finds_the_vanished() {
+    fn plan_writes_only_what_differs() {
         let k = |id, tile_hash, has_details| RowKey { id, tile_hash, has_details };
         let live: HashMap<i64, Option<i64>> = [(1, Some(10)), (2, Some(20)), (3, None), (4, Some(40))].into();
-        // 1 unchanged, 2 changed, 3 stored without fingerprint, 5 new, 6 twice, 7 with details; 4 vanished.
+        // 1 unchanged, 2 changed, 3 stored without fingerprint, 5 new, 6 twice, 7 with details.
         let keys = [
             k(1, 10, false),
             k(2, 21, false),
@@ -1174,11 +1345,11 @@ mod tests {
             k(7, 70, true),
         ];
         let p = plan(&keys, &live);
-        assert_eq!(p, Plan { write: vec![1, 2, 3, 4, 5, 6], vanished: vec![4], distinct: 6, unique: false });
+        assert_eq!(p, Plan { write: vec![1, 2, 3, 4, 5, 6], distinct: 6, unique: false });
         let p = plan(&keys[..1], &live);
-        assert_eq!(p, Plan { write: vec![], vanished: vec![2, 3, 4], distinct: 1, unique: true });
+        assert_eq!(p, Plan { write: vec![], distinct: 1, unique: true });
         let p = plan(&keys[3..4], &HashMap::new());
-        assert_eq!(p, Plan { write: vec![0], vanished: vec![], distinct: 1, unique: true });
+        assert_eq!(p, Plan { write: vec![0], distinct: 1, unique: true });
     }
 
     #[test]
