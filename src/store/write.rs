@@ -936,7 +936,8 @@ impl Gone {
             out.sort_unstable();
             out
         };
-        let moved: Vec<super::MovedAway> = v.moved.iter().copied().filter(|m| !listed.contains(&m.id)).collect();
+        let moved: Vec<super::MovedAway> =
+            v.moved.iter().copied().filter(|m| !listed.contains(&m.id)).collect();
         Gone { deleted: keep(&v.deleted), missing: keep(&v.missing), moved: MovedColumns::of(&moved) }
     }
 }
