@@ -37,6 +37,9 @@ pub mod exit {
     pub const PARTIAL: i32 = 8;
     /// The API failed in a way that stopped the run.
     pub const API: i32 = 9;
+    /// The tile server blocked this IP (now or earlier, and the block is not over); `sync`
+    /// resumes after the recorded time.
+    pub const BLOCKED: i32 = 10;
     /// Interrupted by SIGINT/SIGTERM; the run resumes where it stopped.
     pub const INTERRUPTED: i32 = 130;
 }
@@ -136,6 +139,10 @@ pub struct SyncArgs {
     /// (atomically; for node_exporter's textfile collector, name it *.prom).
     #[arg(long)]
     pub metrics_file: Option<PathBuf>,
+    /// Ask the tile server even though it blocked this IP and the block is not over (asking
+    /// during a block extends it).
+    #[arg(long)]
+    pub ignore_block: bool,
     /// Filled by the run for the metrics file.
     #[arg(skip)]
     pub trace: Option<std::sync::Arc<crate::pipeline::trace::RunTrace>>,
@@ -360,6 +367,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 max_tiles: args.max_tiles,
                 budget_day: args.budget_day,
                 trace: args.trace.clone(),
+                ignore_block: args.ignore_block,
             };
             let summary = pipeline::sync(&cfg, &store, &region, opts).await?;
             emit(&format!("{}\n", summary.render()))?;

@@ -151,6 +151,11 @@ pub struct HarvestConfig {
     pub lease_secs: u64,
     /// Regions needing more tile requests (z14 tiles x tilesets) than this need `--yes`.
     pub max_tiles_without_confirm: u64,
+    /// A tile that held live records and reads empty (or 403/404) is read again this many seconds
+    /// later in the run (twice) before its records are checked by id.
+    pub recheck_secs: u64,
+    /// After the tile server blocked this IP, no tile request for this many seconds.
+    pub block_pause_secs: u64,
 }
 
 impl Default for HarvestConfig {
@@ -161,6 +166,9 @@ impl Default for HarvestConfig {
             detections: false,
             lease_secs: 120,
             max_tiles_without_confirm: 250_000,
+            recheck_secs: 60,
+            // Blocks seen on the live service lifted after 20.5 to 26.3 h of silence (§13.1).
+            block_pause_secs: 24 * 3600,
         }
     }
 }
@@ -203,6 +211,9 @@ const RANGES: &[(&str, u64, u64)] = &[
     ("limits.entity_per_minute", 1, u32::MAX as u64),
     ("limits.concurrency", 1, 1_024),
     ("harvest.lease_secs", 3, 86_400),
+    // Up to a week: a block longer than that is not one this pause should model.
+    ("harvest.block_pause_secs", 1, 7 * 86_400),
+    ("harvest.recheck_secs", 0, 86_400),
     ("harvest.max_tiles_without_confirm", 0, 10_000_000_000),
 ];
 
@@ -372,6 +383,8 @@ impl Config {
             ("limits.concurrency", u64::from(self.limits.concurrency)),
             ("harvest.lease_secs", self.harvest.lease_secs),
             ("harvest.max_tiles_without_confirm", self.harvest.max_tiles_without_confirm),
+            ("harvest.block_pause_secs", self.harvest.block_pause_secs),
+            ("harvest.recheck_secs", self.harvest.recheck_secs),
         ];
         for (key, v) in values {
             let Some(&(_, min, max)) = RANGES.iter().find(|(k, _, _)| *k == key) else { continue };

@@ -54,6 +54,9 @@ pub struct Claimed {
     pub tile: TileId,
     /// Claims of this tile in this run, including this one.
     pub attempts: i32,
+    /// Times the tile read empty (or 403/404) in this run while the database held live records
+    /// for it (see [`defer_tile`]).
+    pub empty_reads: i16,
 }
 
 /// The outcome of [`finish`].
@@ -97,7 +100,7 @@ pub fn owner_id() -> String {
     format!("{}:{}:{:08x}", hostname(), std::process::id(), fastrand::u32(..))
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().replace(':', "_"))
@@ -206,8 +209,8 @@ pub async fn start_or_resume(
     .map_err(q("looking for a run to resume"))?;
     if let Some(id) = existing {
         let retried = sqlx::query(
-            "UPDATE harvest_tile SET state = 'pending', attempts = 0, lease_owner = NULL, \
-             lease_expires_at = NULL, updated_at = now() WHERE run_id = $1 AND state = 'failed'",
+            "UPDATE harvest_tile SET state = 'pending', attempts = 0, empty_reads = 0, not_before = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE run_id = $1 AND state = 'failed'",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -304,7 +307,7 @@ pub async fn claim(
     let rows = sqlx::query(
         "WITH c AS (
             SELECT run_id, tileset, z, x, y FROM harvest_tile
-            WHERE run_id = $1 AND (state = 'pending'
+            WHERE run_id = $1 AND ((state = 'pending' AND (not_before IS NULL OR not_before <= now()))
                 OR (state = 'leased' AND (lease_expires_at < now() OR lease_owner = ANY($5))))
             ORDER BY tileset, z, x, y
             LIMIT $3
@@ -315,7 +318,7 @@ pub async fn claim(
             updated_at = now()
         FROM c
         WHERE h.run_id = c.run_id AND h.tileset = c.tileset AND h.z = c.z AND h.x = c.x AND h.y = c.y
-        RETURNING h.tileset, h.z, h.x, h.y, h.attempts",
+        RETURNING h.tileset, h.z, h.x, h.y, h.attempts, h.empty_reads",
     )
     .bind(run.0)
     .bind(owner)
@@ -335,7 +338,12 @@ pub async fn claim(
             r.try_get(2).map_err(q(ctx()))?,
             r.try_get(3).map_err(q(ctx()))?,
         )?;
-        out.push(Claimed { tileset: ts, tile, attempts: r.try_get(4).map_err(q(ctx()))? });
+        out.push(Claimed {
+            tileset: ts,
+            tile,
+            attempts: r.try_get(4).map_err(q(ctx()))?,
+            empty_reads: r.try_get(5).map_err(q(ctx()))?,
+        });
     }
     Ok(out)
 }
@@ -383,6 +391,55 @@ pub async fn fail_tile(
     .execute(store.pool())
     .await
     .map_err(q(format!("recording the failure of {} tile {}", c.tileset, c.tile)))?;
+    if r.rows_affected() == 0 {
+        return Err(JobsError::LeaseLost { run, tileset: c.tileset, tile: c.tile });
+    }
+    Ok(())
+}
+
+/// Why a tile goes back to pending without its claim counting as a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// It read empty (or 403/404) while the database holds live records for it: read it again
+    /// after `delay`, later in the run.
+    EmptyRead { delay: Duration },
+    /// The tile server blocked this IP: the tile waits for a run after the block.
+    Blocked,
+}
+
+/// Puts a leased tile back to pending without counting the claim as a failed attempt.
+pub async fn defer_tile(
+    store: &Store,
+    run: RunId,
+    c: &Claimed,
+    owner: &str,
+    why: Deferral,
+    note: &str,
+) -> Result<(), JobsError> {
+    let (z, x, y) = tile_key(c.tile);
+    let (empty_read, delay) = match why {
+        Deferral::EmptyRead { delay } => (true, millis(delay)),
+        Deferral::Blocked => (false, 0),
+    };
+    let r = sqlx::query(
+        "UPDATE harvest_tile SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+         attempts = greatest(attempts - 1, 0), empty_reads = empty_reads + CASE WHEN $7 THEN 1 ELSE 0 END, \
+         not_before = now() + $8 * interval '1 millisecond', last_error = $9, updated_at = now() \
+         WHERE run_id = $1 AND tileset = $2 AND z = $3 AND x = $4 AND y = $5 AND lease_owner = $6 \
+         AND state = 'leased'",
+    )
+    .bind(run.0)
+    .bind(c.tileset.name())
+    .bind(z)
+    .bind(x)
+    .bind(y)
+    .bind(owner)
+    .bind(empty_read)
+    .bind(delay as f64)
+    .bind(redact(note))
+    .execute(store.pool())
+    .await
+    .map_err(q(format!("deferring {} tile {}", c.tileset, c.tile)))?;
     if r.rows_affected() == 0 {
         return Err(JobsError::LeaseLost { run, tileset: c.tileset, tile: c.tile });
     }

@@ -11,7 +11,7 @@ use mly_harvest::model::{
     Detection, FeatureKind, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage,
     TileSequence, Tileset,
 };
-use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite};
+use mly_harvest::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite, Vanished};
 use mly_harvest::tiles::TileId;
 
 use common::{ogr_conn, psql};
@@ -82,13 +82,25 @@ fn tile_write(run: RunId, owner: &str, tileset: Tileset, tile: TileId) -> TileWr
         sequences: vec![],
         features: vec![],
         detections: vec![],
+        vanished: Vanished::default(),
     }
 }
 
 async fn write_images(store: &Store, tile: TileId, images: Vec<ImageRow>) -> mly_harvest::store::WriteCounts {
+    write_images_judged(store, tile, images, Vanished::default()).await
+}
+
+/// Writes a tile with the Graph API's judgement on the records it no longer lists.
+async fn write_images_judged(
+    store: &Store,
+    tile: TileId,
+    images: Vec<ImageRow>,
+    vanished: Vanished,
+) -> mly_harvest::store::WriteCounts {
     let (run, owner) = lease(store, Tileset::Public, tile).await;
     let mut w = tile_write(run, &owner, Tileset::Public, tile);
     w.images = images;
+    w.vanished = vanished;
     store.write_tile(&w).await.expect("write_tile")
 }
 
@@ -260,10 +272,26 @@ async fn write_upsert_tombstone_revive_and_sequences() {
         "Canon\tEOS \\ \"x\"\n|4000|t|POINT(8.40001 47.40001)"
     );
 
-    // Image 4 vanishes: tombstoned, sequence rebuilt from live images (gap gone with 4? no: 5 alone).
+    // Image 4 vanishes from the tile. Without the Graph API's word it is kept as it is ...
     let mut fewer = images();
     fewer.retain(|i| i.tile.id.0 != 4);
-    let c = write_images(&store, T1, fewer).await;
+    let c = write_images(&store, T1, fewer.clone()).await;
+    assert_eq!((c.new, c.deleted, c.missing_from_tile), (0, 0, 0));
+    assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images_live"), "6");
+    // ... confirmed present: kept and stamped ...
+    let kept = Vanished { missing: vec![4], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, fewer.clone(), kept).await;
+    assert_eq!((c.deleted, c.missing_from_tile), (0, 1));
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT deleted_at IS NULL, missing_from_tile_at IS NOT NULL FROM mapillary.images WHERE id = 4"
+        ),
+        "t|t"
+    );
+    // ... confirmed gone: tombstoned, sequence rebuilt from live images (5 alone after the gap).
+    let gone = Vanished { deleted: vec![4], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, fewer, gone).await;
     assert_eq!((c.new, c.deleted), (0, 1));
     assert_eq!(psql(&url, "SELECT deleted_at IS NOT NULL FROM mapillary.images WHERE id = 4"), "t");
     assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images_live"), "5");
@@ -283,10 +311,12 @@ async fn write_upsert_tombstone_revive_and_sequences() {
     let c = write_images(&store, T2, vec![img(6, 8.4200, 47.4050, "s2", 1_000)]).await;
     assert_eq!((c.new, c.changed, c.deleted), (0, 1, 0));
     assert_eq!(psql(&url, "SELECT tile_x, deleted_at IS NULL FROM mapillary.images WHERE id = 6"), "8575|t");
-    // ...and a later write of T1 without it does not tombstone it (it lives in T2 now).
+    // ...and a later write of T1 without it does not tombstone it (it lives in T2 now), not even
+    // when a lookup made before T2's write had judged it gone.
     let mut without6 = images();
     without6.retain(|i| i.tile.id.0 != 6);
-    let c = write_images(&store, T1, without6).await;
+    let stale = Vanished { deleted: vec![6], ..Vanished::default() };
+    let c = write_images_judged(&store, T1, without6, stale).await;
     assert_eq!(c.deleted, 0);
     assert_eq!(psql(&url, "SELECT deleted_at IS NULL FROM mapillary.images WHERE id = 6"), "t");
 
@@ -404,6 +434,7 @@ async fn features_links_and_detections() {
     let (run, owner) = lease(&store, Tileset::FeaturePoint, T1).await;
     let mut w = tile_write(run, &owner, Tileset::FeaturePoint, T1);
     w.features = vec![feat(1, FeatureKind::Point)];
+    w.vanished.deleted = vec![2];
     let c = store.write_tile(&w).await.unwrap();
     assert_eq!((c.deleted, c.changed), (1, 0));
     assert_eq!(

@@ -25,6 +25,8 @@ use crate::tiles::{Bbox, TileId};
 const TILE_CAP: usize = 64 << 20;
 /// Body cap for Graph JSON.
 const JSON_CAP: usize = 32 << 20;
+/// Retries of a query timeout before the caller asks for less (§13.7: a retry may succeed).
+const TIMEOUT_RETRIES: u32 = 1;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(20);
 
@@ -61,6 +63,23 @@ struct Counters {
     throttled: AtomicU64,
     not_modified: AtomicU64,
     bytes: AtomicU64,
+    confirm: AtomicU64,
+}
+
+/// How a multi-id lookup narrows down a batch the API refused for an unknown id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Narrow {
+    /// Halves until the culprits stand alone: cheap when few ids are gone (enrichment).
+    Bisect,
+    /// One id per call: cheapest when most ids are expected gone (confirming deletions).
+    OneByOne,
+}
+
+/// The block answer that stopped tile requests, kept so every later refusal names its time.
+#[derive(Debug, Clone)]
+struct BlockSeen {
+    at: chrono::DateTime<chrono::Utc>,
+    detail: String,
 }
 
 struct Inner {
@@ -75,6 +94,11 @@ struct Inner {
     search_pacer: Pacer,
     entity_pacer: Pacer,
     counters: Counters,
+    /// Tile requests pass this gate one at a time until their answer's status and headers are
+    /// in, so that after a block answer not one more tile request leaves this process.
+    tile_gate: tokio::sync::Mutex<()>,
+    /// Set by the first block answer; every later tile request is refused without being sent.
+    blocked: std::sync::Mutex<Option<BlockSeen>>,
 }
 
 /// The Mapillary API client; cheap to clone and shared by all workers.
@@ -112,6 +136,9 @@ impl ApiClient {
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("mly-harvest/", env!("CARGO_PKG_VERSION")))
+            // The tile server's per-IP block is a redirect to a login page; following it (or
+            // retrying) extends the block (§13.1). The Graph API does not redirect either.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ApiError::Client(error_chain(&e.without_url())))?;
         Ok(ApiClient {
@@ -126,6 +153,8 @@ impl ApiClient {
                 search_pacer: Pacer::new(Some(s.search_per_minute)),
                 entity_pacer: Pacer::new(Some(s.entity_per_minute)),
                 counters: Counters::default(),
+                tile_gate: tokio::sync::Mutex::new(()),
+                blocked: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -142,7 +171,30 @@ impl ApiClient {
             throttled: g(&c.throttled),
             not_modified: g(&c.not_modified),
             bytes: g(&c.bytes),
+            confirm: g(&c.confirm),
         }
+    }
+
+    /// The block answer this client met, if any: (when it arrived, what it was).
+    pub fn block_seen(&self) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+        self.block_state().as_ref().map(|b| (b.at, b.detail.clone()))
+    }
+
+    fn block_state(&self) -> std::sync::MutexGuard<'_, Option<BlockSeen>> {
+        // A poisoned lock means a panic mid-assignment of an Option: its value is still whole.
+        self.inner.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocked_error(&self) -> Option<ApiError> {
+        self.block_state().as_ref().map(|b| ApiError::Blocked { at: b.at, detail: b.detail.clone() })
+    }
+
+    /// Records a block answer (the first one wins) and returns the error for it.
+    fn record_block(&self, detail: String) -> ApiError {
+        let mut b = self.block_state();
+        let seen = b.get_or_insert_with(|| BlockSeen { at: chrono::Utc::now(), detail });
+        tracing::error!(detail = %seen.detail, "the tile server blocked this IP; no more tile requests");
+        ApiError::Blocked { at: seen.at, detail: seen.detail.clone() }
     }
 
     /// Fetches one vector tile; sends `If-None-Match` when an etag is given.
@@ -169,6 +221,10 @@ impl ApiClient {
             }
             Reply::Ok { status: 204, .. } => Ok(TileResponse::Empty),
             Reply::Ok { body, .. } if body.is_empty() => Ok(TileResponse::Empty),
+            // A page where a tile should be: an MVT starts with a field tag, never with '<'.
+            Reply::Ok { status, body, .. } if looks_like_markup(&body) => {
+                Err(self.record_block(format!("HTTP {status} with an HTML page instead of a tile")))
+            }
             Reply::Ok { headers, body, .. } => {
                 let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
                 Ok(TileResponse::Data { bytes: body, etag })
@@ -247,7 +303,10 @@ impl ApiClient {
                     }
                     all.extend(items);
                 }
-                Reply::Refused { class: Class::TooMuch(_), .. } => return Ok(Search::TooMuch),
+                // A query timeout outlasted its retry: a smaller box is what the service asks for.
+                Reply::Refused { class: Class::TooMuch(_) | Class::Timeout(_), .. } => {
+                    return Ok(Search::TooMuch);
+                }
                 Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
             }
         }
@@ -261,6 +320,40 @@ impl ApiClient {
         fields: &str,
         parse: impl Fn(i64, &Value) -> Result<T, String>,
     ) -> Result<ByIds<T>, ApiError> {
+        self.lookup(what, ids, fields, parse, Narrow::Bisect).await
+    }
+
+    /// Images by id to confirm which are gone: each call is counted in `confirm`, and a batch
+    /// refused for an unknown id is asked id by id (most of them are expected to be gone).
+    pub async fn confirm_images(&self, ids: &[ImageId]) -> Result<ByIds<ImageDetails>, ApiError> {
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.lookup("images", &ids, IMAGE_FIELDS, |_, v| graph::parse_image(v), Narrow::OneByOne).await
+    }
+
+    /// Map features by id to confirm which are gone (see [`ApiClient::confirm_images`]).
+    pub async fn confirm_map_features(
+        &self,
+        ids: &[MapFeatureId],
+    ) -> Result<ByIds<MapFeatureDetails>, ApiError> {
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        self.lookup(
+            "map features",
+            &ids,
+            MAP_FEATURE_FIELDS,
+            |_, v| graph::parse_map_feature(v),
+            Narrow::OneByOne,
+        )
+        .await
+    }
+
+    async fn lookup<T>(
+        &self,
+        what: &str,
+        ids: &[i64],
+        fields: &str,
+        parse: impl Fn(i64, &Value) -> Result<T, String>,
+        narrow: Narrow,
+    ) -> Result<ByIds<T>, ApiError> {
         let mut seen = HashSet::new();
         let unique: Vec<i64> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
         let mut out = ByIds { found: Vec::new(), missing: Vec::new() };
@@ -273,6 +366,9 @@ impl ApiClient {
                 let context = format!("while looking up {} {what} ({}…)", batch.len(), batch[0]);
                 let mut url = self.url(&self.inner.graph, "")?;
                 url.query_pairs_mut().append_pair("ids", &list).append_pair("fields", fields);
+                if narrow == Narrow::OneByOne {
+                    self.inner.counters.confirm.fetch_add(1, Ordering::Relaxed);
+                }
                 match self.execute(Family::Entity, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
                     Reply::Ok { body, .. } => {
                         let v = json(&body, &context)?;
@@ -292,10 +388,23 @@ impl ApiClient {
                     Reply::Refused { class: Class::Missing(_), .. } if batch.len() == 1 => {
                         out.missing.push(batch[0]);
                     }
-                    Reply::Refused { class: Class::Missing(_), .. } => {
+                    Reply::Refused { class: Class::Missing(_), .. } if narrow == Narrow::OneByOne => {
+                        stack.extend(batch.chunks(1).rev());
+                    }
+                    // Unknown ids are found by halving; a timed-out batch asks for less the same way.
+                    Reply::Refused { class: Class::Missing(_) | Class::Timeout(_), .. }
+                        if batch.len() > 1 =>
+                    {
                         let (a, b) = batch.split_at(batch.len() / 2);
                         stack.push(b);
                         stack.push(a);
+                    }
+                    Reply::Refused { class: Class::Timeout(m), .. } => {
+                        return Err(ApiError::Transient {
+                            context: context.clone(),
+                            attempts: TIMEOUT_RETRIES + 1,
+                            message: self.scrub(&format!("query timeout: {m}")),
+                        });
                     }
                     Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
                 }
@@ -312,6 +421,7 @@ impl ApiClient {
             | Class::Transient(m)
             | Class::TooMuch(m)
             | Class::Missing(m)
+            | Class::Timeout(m)
             | Class::Permanent(m) => m,
         };
         ApiError::Permanent { context: context.to_string(), status, message: self.scrub(&message) }
@@ -363,11 +473,18 @@ impl ApiClient {
         let max_retries = self.inner.max_retries;
         // Throttles get their own, larger budget: they mean "slower", not "broken".
         let max_throttles = max_retries.saturating_mul(2).saturating_add(2);
-        let (mut attempts, mut throttles, mut retries) = (0u32, 0u32, 0u32);
+        let (mut attempts, mut throttles, mut retries, mut timeouts) = (0u32, 0u32, 0u32, 0u32);
         loop {
             attempts += 1;
             let pacer = self.pacer(family);
             pacer.ready().await;
+            let mut gate =
+                if family == Family::Tiles { Some(self.inner.tile_gate.lock().await) } else { None };
+            if family == Family::Tiles
+                && let Some(e) = self.blocked_error()
+            {
+                return Err(e);
+            }
             self.count(family);
             let started = Instant::now();
             let mut req = self.inner.http.get(url.clone()).headers(extra.clone());
@@ -379,6 +496,14 @@ impl ApiClient {
                 Ok(resp) => {
                     let status = resp.status();
                     let headers = resp.headers().clone();
+                    if family == Family::Tiles
+                        && let Some(detail) = block_answer(status, &headers)
+                    {
+                        tracing::debug!(family = family.name(), url = %safe_url, status = status.as_u16(), "block answer");
+                        return Err(self.record_block(detail));
+                    }
+                    // Status and headers are in: the next tile request may go.
+                    drop(gate.take());
                     match read_capped(resp, cap).await {
                         Ok(body) => Ok((status, headers, body)),
                         Err(ReadError::TooLarge) => {
@@ -389,6 +514,7 @@ impl ApiClient {
                     }
                 }
             };
+            drop(gate);
             let ms = started.elapsed().as_millis() as u64;
             let retry_after;
             let message = match outcome {
@@ -439,6 +565,13 @@ impl ApiClient {
                                 retry_after = retry_after_of(&headers);
                                 format!("HTTP {}: {}", status.as_u16(), self.scrub(&m))
                             }
+                            Class::Timeout(_) if timeouts < TIMEOUT_RETRIES => {
+                                timeouts += 1;
+                                self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(family = family.name(), url = %safe_url, "query timeout; retrying once");
+                                tokio::time::sleep(backoff(1)).await;
+                                continue;
+                            }
                             class => return Ok(Reply::Refused { status: status.as_u16(), class }),
                         }
                     }
@@ -454,6 +587,32 @@ impl ApiClient {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// What a tile answer's status and headers say about a per-IP block, if they say one: any
+/// redirect (never followed), or an HTML page. Names the redirect's host only: the Location
+/// echoes the request URL, token included.
+fn block_answer(status: StatusCode, headers: &HeaderMap) -> Option<String> {
+    if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+        let host = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| Url::parse(l).ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "an unknown place".into());
+        return Some(format!("HTTP {} redirect to {host}", status.as_u16()));
+    }
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    (status.is_success() && html)
+        .then(|| format!("HTTP {} with an HTML page instead of a tile", status.as_u16()))
+}
+
+/// Whether a body is markup (HTML/XML) rather than a protobuf tile.
+fn looks_like_markup(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
 }
 
 /// Full-jitter-ish exponential backoff: between half and all of `base * 2^(n-1)`, capped.
@@ -507,6 +666,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_answers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static(
+                "https://www.mapillary.com/login/?next=%2Fmaps%3Faccess_token%3DMLY%7C1",
+            ),
+        );
+        let d = block_answer(StatusCode::FOUND, &h).unwrap();
+        assert_eq!(d, "HTTP 302 redirect to www.mapillary.com");
+        assert!(block_answer(StatusCode::NOT_MODIFIED, &HeaderMap::new()).is_none());
+        let mut html = HeaderMap::new();
+        html.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        assert!(block_answer(StatusCode::OK, &html).is_some());
+        assert!(block_answer(StatusCode::NOT_FOUND, &html).is_none());
+        assert!(looks_like_markup(b"  <!DOCTYPE html><html>"));
+        assert!(!looks_like_markup(&[0x1a, 0x3c]));
+        assert!(!looks_like_markup(b""));
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -23,12 +23,21 @@ pub enum ApiError {
     /// The HTTP client could not be built or a URL is invalid.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// The tile server answered a tile request with its per-IP block (a redirect, or HTML where a
+    /// tile should be, §13.1): no tile request may follow until the block is over.
+    #[error("the tile server blocked this IP at {}: {detail}", at.format("%Y-%m-%dT%H:%M:%SZ"))]
+    Blocked { at: chrono::DateTime<chrono::Utc>, detail: String },
 }
 
 impl ApiError {
     /// Whether this is an authentication failure that must stop the run.
     pub fn is_auth(&self) -> bool {
         matches!(self, ApiError::Auth { .. })
+    }
+
+    /// Whether this is the tile server's per-IP block.
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, ApiError::Blocked { .. })
     }
 }
 
@@ -45,6 +54,9 @@ pub(crate) enum Class {
     TooMuch(String),
     /// `?ids=`: some id does not exist (code 100, subcode 33).
     Missing(String),
+    /// The query took too long (400, code -2, subcode 3404014, §13.7): retried once, then the
+    /// caller asks for less (a search splits its cell, a lookup its batch).
+    Timeout(String),
     /// Refused for good.
     Permanent(String),
 }
@@ -74,6 +86,9 @@ fn envelope(body: &[u8]) -> Option<Envelope> {
     })
 }
 
+/// The error_subcode of the Graph API's "Query Timeout" answer.
+const QUERY_TIMEOUT_SUBCODE: i64 = 3_404_014;
+
 const TOO_LARGE_AREA: &str = "bounding box area is too large";
 const TOO_MUCH_DATA: &str = "reduce the amount of data";
 
@@ -90,6 +105,9 @@ pub(crate) fn classify(status: u16, body: &[u8]) -> Class {
             Some(190) => return Class::Auth(message),
             Some(4) => return Class::Throttled(message),
             Some(100) if e.subcode == Some(33) => return Class::Missing(message),
+            // `is_transient` is false on this answer, yet a retry succeeded (§13.7).
+            Some(-2) => return Class::Timeout(message),
+            _ if e.subcode == Some(QUERY_TIMEOUT_SUBCODE) => return Class::Timeout(message),
             _ => {}
         }
     }
@@ -133,6 +151,7 @@ mod tests {
             Class::Transient(_) => "transient",
             Class::TooMuch(_) => "toomuch",
             Class::Missing(_) => "missing",
+            Class::Timeout(_) => "timeout",
             Class::Permanent(_) => "permanent",
         }
     }
@@ -176,7 +195,9 @@ mod tests {
         let code2 =
             br#"{"error":{"message":"Service temporarily unavailable","type":"MLYApiException","code":2}}"#;
         let flagged = br#"{"error":{"message":"hiccup","code":1,"is_transient":true}}"#;
-        let table: [(u16, &[u8], &str); 12] = [
+        let timeout = br#"{"error":{"message":"Timeout","type":"OAuthException","code":-2,"error_subcode":3404014,"is_transient":false,"error_user_title":"Query Timeout","error_user_msg":"The query took too long to run.","fbtrace_id":"A1"}}"#;
+        let table: [(u16, &[u8], &str); 13] = [
+            (400, timeout, "timeout"),
             (500, area, "toomuch"),
             (500, volume, "toomuch"),
             (500, code2, "transient"),

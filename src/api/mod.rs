@@ -50,7 +50,8 @@ pub enum TileResponse {
     Data { bytes: bytes::Bytes, etag: Option<String> },
     /// Unchanged since the ETag we sent.
     NotModified,
-    /// No data at this tile (200 empty, 204, 403, 404).
+    /// No data at this tile (200 empty, 204, 403, 404). Not proof that records the tile held
+    /// before are gone: a dense tile can answer 404 for a while (§13.3).
     Empty,
 }
 
@@ -81,6 +82,8 @@ pub struct ApiCounters {
     pub throttled: u64,
     pub not_modified: u64,
     pub bytes: u64,
+    /// Multi-id calls made to confirm that records gone from their tile are gone upstream.
+    pub confirm: u64,
 }
 
 /// Replaces the value of every `access_token` query parameter (plain or percent-encoded key)

@@ -5,6 +5,7 @@
 //! database, enriched only where new or changed, and written together with its done-state in one
 //! transaction. At most `limits.concurrency` tiles are in flight, so memory stays flat.
 
+pub mod block;
 pub mod enrich;
 pub mod interrupt;
 pub mod plan;
@@ -24,11 +25,13 @@ use crate::api::{ApiClient, ApiCounters, ApiError, ApiSettings, TileResponse};
 use crate::cli::exit;
 use crate::config::Config;
 use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
-use crate::model::{DecodedTile, ImageId, TileFeature, TileImage};
+use crate::model::{DecodedTile, ImageId, MapFeatureId, TileFeature, TileImage};
 use crate::mvt;
 use crate::region::{Region, fnv1a};
-use crate::store::{DetectionRow, FeatureRow, ImageRow, Known, Store, StoreError, TileWrite, WriteCounts};
-use crate::tiles::HARVEST_ZOOM;
+use crate::store::{
+    DetectionRow, FeatureRow, ImageRow, Known, MovedAway, Store, StoreError, TileWrite, Vanished, WriteCounts,
+};
+use crate::tiles::{HARVEST_ZOOM, TileId};
 
 use enrich::Located;
 
@@ -38,6 +41,9 @@ const MAX_TILE_ATTEMPTS: i32 = 3;
 const OTHERS_POLL: Duration = Duration::from_millis(500);
 /// A corrupt tile body is fetched again this many times before the attempt fails.
 const DECODE_RETRIES: u32 = 2;
+/// A tile that held live records and reads empty (or 403/404) is read again this many times,
+/// later in the run, before its records are checked by id (§13.3: a dense tile can 404 for a while).
+const EMPTY_REREADS: i16 = 2;
 
 /// Options of one `sync` invocation.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +56,8 @@ pub struct SyncOptions {
     pub budget_day: Option<NaiveDate>,
     /// Receives the run's counters however the run ends (for the metrics file).
     pub trace: Option<Arc<trace::RunTrace>>,
+    /// Ask the tile server even though a block is recorded for this machine.
+    pub ignore_block: bool,
 }
 
 /// Errors that stop a run.
@@ -65,6 +73,9 @@ pub enum PipelineError {
     Jobs(#[from] JobsError),
     #[error("{0}")]
     Api(ApiError),
+    /// The tile server blocked this IP (now, or in a run before and the block is not over).
+    #[error("{}", .0.message())]
+    Blocked(block::Block),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,6 +87,7 @@ impl PipelineError {
             PipelineError::Auth(_) => exit::AUTH,
             PipelineError::Store(_) | PipelineError::Jobs(_) => exit::DATABASE,
             PipelineError::Api(_) => exit::API,
+            PipelineError::Blocked(_) => exit::BLOCKED,
             PipelineError::Internal(_) => exit::INTERNAL,
         }
     }
@@ -108,6 +120,12 @@ pub struct Counters {
     pub deleted: AtomicU64,
     pub enriched: AtomicU64,
     pub missing: AtomicU64,
+    /// Live records gone from their tile but confirmed present upstream: kept.
+    pub missing_from_tile: AtomicU64,
+    /// Live records gone from their tile that the Graph API places in another tile: moved.
+    pub moved_away: AtomicU64,
+    /// Tiles read again later because they read empty while holding live records.
+    pub rechecked: AtomicU64,
 }
 
 /// The end-of-run summary.
@@ -140,7 +158,7 @@ impl SyncSummary {
     pub fn render(&self) -> String {
         let p = &self.this_process;
         format!(
-            "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
+            "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted (confirmed by {} Graph calls); {} missing_from_tile (kept), {} moved out, {} tiles re-read; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
             self.run_id,
             if self.resumed { "resumed" } else { "new" },
             self.outcome,
@@ -155,6 +173,10 @@ impl SyncSummary {
             p["new"],
             p["changed"],
             p["deleted"],
+            self.requests.confirm,
+            p["missing_from_tile"],
+            p["moved_away"],
+            p["rechecked"],
             p["enriched"],
             p["missing"],
             self.requests.tiles,
@@ -196,6 +218,8 @@ impl Counters {
             "tiles_unchanged": g(&self.tiles_unchanged), "images": g(&self.images),
             "features": g(&self.features), "new": g(&self.new), "changed": g(&self.changed),
             "deleted": g(&self.deleted), "enriched": g(&self.enriched), "missing": g(&self.missing),
+            "missing_from_tile": g(&self.missing_from_tile), "moved_away": g(&self.moved_away),
+            "rechecked": g(&self.rechecked),
         })
     }
 }
@@ -213,6 +237,10 @@ struct Ctx {
     stop: AtomicBool,
     /// Rows written when the tables were last analyzed (see `analyze_when_grown`).
     analyzed_at: AtomicU64,
+    /// Where a tile server block is recorded for this run's tile server and machine.
+    block_key: block::BlockKey,
+    /// `--ignore-block`: do not look for a recorded block before each tile request.
+    ignore_block: bool,
 }
 
 /// What one tile's processing ended in.
@@ -228,6 +256,15 @@ enum TileEnd {
     LeaseLost,
     /// SIGINT/SIGTERM arrived before anything was written; the tile is released for the next run.
     Stopped,
+    /// The tile read empty while the database holds live records for it: read it again later.
+    Recheck,
+    /// The tile server blocked this IP: stop every tile request. `recorded` when the block came
+    /// from the database (another process met it), else it is recorded when settled.
+    Blocked {
+        at: chrono::DateTime<Utc>,
+        detail: String,
+        recorded: Option<block::Block>,
+    },
 }
 
 /// Harvests `region` (or resumes its unfinished run) and returns the summary.
@@ -255,6 +292,14 @@ pub async fn sync(
             "detections": cfg.harvest.detections,
         });
         let run_key = format!("{:016x}", fnv1a(settings.to_string().as_bytes()));
+        // A recorded block stops the run before it asks the tile server anything (or changes
+        // any job state): every request during a block extends it.
+        let block_key = block::BlockKey::new(&cfg.mapillary.tiles_url);
+        if !opts.ignore_block
+            && let Some(b) = block::active(store, &block_key).await?
+        {
+            return Err(PipelineError::Blocked(b));
+        }
         let (run, resumed) =
             jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &settings, &planned).await?;
         info!(run = %run, resumed, tiles = planned.len(), "run started");
@@ -283,6 +328,8 @@ pub async fn sync(
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             analyzed_at: AtomicU64::new(0),
+            block_key,
+            ignore_block: opts.ignore_block,
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
@@ -409,10 +456,11 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
             if stopping || allowed == 0 {
                 break;
             }
+            // Pending tiles nobody could claim are waiting for their re-read time.
             let others = jobs::run_tiles(&ctx.store, ctx.run)
                 .await?
                 .iter()
-                .any(|(_, state, n)| state == "leased" && *n > 0);
+                .any(|(_, state, n)| (state == "leased" || state == "pending") && *n > 0);
             if !others {
                 break;
             }
@@ -463,6 +511,43 @@ async fn settle(
             ctx.counters.tiles_failed.fetch_add(1, Ordering::Relaxed);
             jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, &msg, false).await?;
         }
+        TileEnd::Recheck => {
+            ctx.counters.rechecked.fetch_add(1, Ordering::Relaxed);
+            let delay = Duration::from_secs(ctx.cfg.harvest.recheck_secs);
+            info!(tileset = %c.tileset, tile = %c.tile, empty_reads = c.empty_reads + 1, delay_s = delay.as_secs(),
+                "tile read empty although it held live records; reading it again later");
+            jobs::defer_tile(
+                &ctx.store,
+                ctx.run,
+                c,
+                &ctx.owner,
+                jobs::Deferral::EmptyRead { delay },
+                "read empty (or 403/404) while holding live records; read again later",
+            )
+            .await?;
+        }
+        TileEnd::Blocked { at, detail, recorded } => {
+            ctx.stop.store(true, Ordering::Relaxed);
+            jobs::defer_tile(
+                &ctx.store,
+                ctx.run,
+                c,
+                &ctx.owner,
+                jobs::Deferral::Blocked,
+                "the tile server blocked this IP",
+            )
+            .await?;
+            let b = match recorded {
+                Some(b) => b,
+                None => {
+                    let pause = Duration::from_secs(ctx.cfg.harvest.block_pause_secs);
+                    block::record(&ctx.store, &ctx.block_key, at, pause, &detail, ctx.run.0).await?
+                }
+            };
+            if !matches!(fatal, Some(PipelineError::Auth(_) | PipelineError::Blocked(_))) {
+                *fatal = Some(PipelineError::Blocked(b));
+            }
+        }
         TileEnd::Auth(msg) => {
             ctx.stop.store(true, Ordering::Relaxed);
             jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, "token refused", true).await?;
@@ -479,6 +564,7 @@ fn classify(e: ApiError) -> TileEnd {
         return TileEnd::Auth(e.to_string());
     }
     match e {
+        ApiError::Blocked { at, detail } => TileEnd::Blocked { at, detail, recorded: None },
         ApiError::Permanent { .. } | ApiError::TooLarge { .. } => TileEnd::Fail(e.to_string()),
         other => TileEnd::Retry(other.to_string()),
     }
@@ -527,6 +613,13 @@ async fn cancellable<T>(call: impl Future<Output = Result<T, ApiError>>) -> Resu
 
 async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     let snapshot = ctx.store.tile_snapshot(c.tileset, c.tile).await?;
+    // Another process of this run (or any run on this machine) may have met a block since this
+    // tile was claimed: then not one more tile request.
+    if !ctx.ignore_block
+        && let Some(b) = block::active(&ctx.store, &ctx.block_key).await?
+    {
+        return Ok(TileEnd::Blocked { at: b.at, detail: b.detail.clone(), recorded: Some(b) });
+    }
     // Images harvested before detections were switched on still need theirs.
     let want_detections = ctx.cfg.harvest.enrich && ctx.cfg.harvest.detections && c.tileset.is_coverage();
     let lacking =
@@ -566,6 +659,20 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     };
     let mut w = empty_write(ctx, c, new_etag, false);
     let enrich = ctx.cfg.harvest.enrich;
+    // Live records the tile no longer lists. An empty, 403 or 404 answer is no proof that they
+    // are gone (§13.3): such a tile is read again later in the run, then its records are checked
+    // by id, and only those the Graph API confirms gone are tombstoned.
+    let listed: HashSet<i64> = if c.tileset.is_coverage() {
+        decoded.images.iter().map(|r| r.id.0).collect()
+    } else {
+        decoded.features.iter().map(|r| r.id.0).collect()
+    };
+    let mut vanished: Vec<i64> = snapshot.live.keys().copied().filter(|id| !listed.contains(id)).collect();
+    vanished.sort_unstable();
+    if !vanished.is_empty() && listed.is_empty() && c.empty_reads < EMPTY_REREADS {
+        return Ok(TileEnd::Recheck);
+    }
+    w.vanished = cancellable(confirm_vanished(ctx, c, &vanished)).await?;
     let mut detections_fetched: Vec<i64> = Vec::new();
     if c.tileset.is_coverage() {
         let mut d = diff(ctx, snapshot.live, decoded.images, true).await?;
@@ -617,9 +724,46 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     ctx.counters.new.fetch_add(counts.new, Ordering::Relaxed);
     ctx.counters.changed.fetch_add(counts.changed, Ordering::Relaxed);
     ctx.counters.deleted.fetch_add(counts.deleted, Ordering::Relaxed);
+    ctx.counters.missing_from_tile.fetch_add(counts.missing_from_tile, Ordering::Relaxed);
+    ctx.counters.moved_away.fetch_add(counts.moved_away, Ordering::Relaxed);
     ctx.counters.tiles_done.fetch_add(1, Ordering::Relaxed);
     analyze_when_grown(ctx).await;
     Ok(TileEnd::Written)
+}
+
+/// Asks the Graph API about records that vanished from the tile: those it does not find (code
+/// 100/33) are gone; found ones are kept, in this tile or in the tile their position is in now.
+async fn confirm_vanished(ctx: &Ctx, c: &Claimed, ids: &[i64]) -> Result<Vanished, ApiError> {
+    let mut out = Vanished::default();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    // (id, position the tile would show) of each record the API still has.
+    let found: Vec<(i64, Option<(f64, f64)>)> = if c.tileset.is_coverage() {
+        let by = ctx.api.confirm_images(&ids.iter().copied().map(ImageId).collect::<Vec<_>>()).await?;
+        out.deleted = by.missing;
+        let computed = c.tileset == crate::model::Tileset::ComputedPublic;
+        by.found
+            .into_iter()
+            .map(|d| (d.id.0, if computed { d.computed_geometry.or(d.geometry) } else { d.geometry }))
+            .collect()
+    } else {
+        let ids: Vec<MapFeatureId> = ids.iter().copied().map(MapFeatureId).collect();
+        let by = ctx.api.confirm_map_features(&ids).await?;
+        out.deleted = by.missing;
+        by.found.into_iter().map(|d| (d.id.0, d.geometry)).collect()
+    };
+    for (id, pos) in found {
+        match pos.map(|(lon, lat)| (TileId::containing(HARVEST_ZOOM, lon, lat), lon, lat)) {
+            Some((tile, lon, lat)) if tile != c.tile => out.moved.push(MovedAway { id, tile, lon, lat }),
+            _ => out.missing.push(id),
+        }
+    }
+    if !out.missing.is_empty() || !out.moved.is_empty() {
+        info!(tileset = %c.tileset, tile = %c.tile, gone = out.deleted.len(), kept = out.missing.len(),
+            moved = out.moved.len(), "records missing from the tile checked by id; only confirmed ones are deleted");
+    }
+    Ok(out)
 }
 
 /// Rows written before the first statistics refresh.
@@ -654,6 +798,7 @@ fn empty_write(ctx: &Ctx, c: &Claimed, etag: Option<String>, unchanged: bool) ->
         sequences: Vec::new(),
         features: Vec::new(),
         detections: Vec::new(),
+        vanished: Vanished::default(),
     }
 }
 

@@ -7,10 +7,17 @@
 //! error_5xx = 0.05
 //! reset = 0.01
 //! corrupt = 0.01
+//! transient_404 = 0.2    # a tile with data answers 404 (§13.3), drawn per tile and request
 //! [entity]
 //! slow = 0.01
 //! slow_secs = 40
+//! query_timeout = 0.01   # the 400 code -2 / subcode 3404014 "Query Timeout" (§13.7); also [search]
+//! [block]                # the per-IP tile block (§13.1): 302 to https://www.mapillary.com/login/
+//! after_tiles = 1000     # tile requests served before the block
+//! secs = 30              # how long it lasts; every tile request during it extends it
 //! ```
+//!
+//! Every failure mode is off unless its key is given.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -35,6 +42,9 @@ pub enum FaultsError {
     /// A probability is outside 0..=1 or the sum of a table exceeds 1.
     #[error("faults file {path}: probabilities of [{family}] must be within 0..=1 and sum to at most 1")]
     BadProbability { path: String, family: &'static str },
+    /// `[block] secs` is negative or not a number.
+    #[error("faults file {path}: [block] secs must be a number of seconds >= 0")]
+    BadBlock { path: String },
 }
 
 /// Probabilities of one family's faults.
@@ -62,6 +72,25 @@ pub struct FamilyFaults {
     /// Tiles only: random bytes that are no valid MVT.
     #[serde(default)]
     pub corrupt: f64,
+    /// Search and entity only: HTTP 400 `{"error":{"message":"Timeout","code":-2,
+    /// "error_subcode":3404014,"is_transient":false,...}}` (§13.7).
+    #[serde(default)]
+    pub query_timeout: f64,
+    /// Tiles only: a tile that has data answers 404 (§13.3). Drawn from the tile and how often it
+    /// was asked for, so the same tile answers the same way at its n-th request whatever the
+    /// order of concurrent requests.
+    #[serde(default)]
+    pub transient_404: f64,
+}
+
+/// `[block]`: the per-IP tile block of §13.1.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockFaults {
+    /// Tile requests served before the block starts (counted afresh after each block lifts).
+    pub after_tiles: u64,
+    /// Seconds the block lasts after the last tile request made during it.
+    pub secs: f64,
 }
 
 fn default_slow_secs() -> f64 {
@@ -81,6 +110,8 @@ struct FaultsFile {
     search: FamilyFaults,
     #[serde(default)]
     entity: FamilyFaults,
+    #[serde(default)]
+    block: Option<BlockFaults>,
 }
 
 /// The fault chosen for one request.
@@ -98,6 +129,8 @@ pub enum Fault {
     Reset,
     /// Garbage bytes as a tile.
     Corrupt,
+    /// The 400 "Query Timeout" of a search or entity call.
+    QueryTimeout,
 }
 
 impl Fault {
@@ -110,6 +143,7 @@ impl Fault {
             Fault::Truncate => "truncate",
             Fault::Reset => "reset",
             Fault::Corrupt => "corrupt",
+            Fault::QueryTimeout => "query_timeout",
         }
     }
 }
@@ -120,6 +154,7 @@ pub struct Faults {
     seed: u64,
     permanent: HashSet<TileId>,
     per_family: [FamilyFaults; 3],
+    block: Option<BlockFaults>,
 }
 
 impl Faults {
@@ -148,13 +183,37 @@ impl Faults {
         }
         let per_family = [f.tiles, f.search, f.entity];
         for (fam, ff) in Family::ALL.iter().zip(&per_family) {
-            let ps = [ff.error_5xx, ff.throttle, ff.slow, ff.truncate, ff.reset, ff.corrupt];
-            let ok = ps.iter().all(|p| (0.0..=1.0).contains(p)) && ps.iter().sum::<f64>() <= 1.0 + 1e-9;
+            let ps =
+                [ff.error_5xx, ff.throttle, ff.slow, ff.truncate, ff.reset, ff.corrupt, ff.query_timeout];
+            let ok = ps.iter().all(|p| (0.0..=1.0).contains(p))
+                && ps.iter().sum::<f64>() <= 1.0 + 1e-9
+                && (0.0..=1.0).contains(&ff.transient_404);
             if !ok || ff.slow_secs < 0.0 || !ff.slow_secs.is_finite() {
                 return Err(FaultsError::BadProbability { path: origin.to_string(), family: fam.name() });
             }
         }
-        Ok(Faults { seed: f.seed, permanent, per_family })
+        if let Some(b) = &f.block
+            && !(b.secs.is_finite() && b.secs >= 0.0)
+        {
+            return Err(FaultsError::BadBlock { path: origin.to_string() });
+        }
+        Ok(Faults { seed: f.seed, permanent, per_family, block: f.block })
+    }
+
+    /// The per-IP block settings, when the file switches it on.
+    pub fn block(&self) -> Option<BlockFaults> {
+        self.block
+    }
+
+    /// Whether the `n`-th request (0-based) of `tileset` tile `tile` answers a transient 404.
+    pub fn transient_404(&self, tileset: &str, tile: &TileId, n: u64) -> bool {
+        let p = self.per_family[0].transient_404;
+        if p <= 0.0 {
+            return false;
+        }
+        let key = tileset.bytes().fold(u64::from(tile.z), |h, b| splitmix(h ^ u64::from(b)));
+        let key = splitmix(key ^ (u64::from(tile.x) << 32 | u64::from(tile.y)));
+        unit(splitmix(self.seed ^ splitmix(key ^ n.wrapping_mul(0xA24B_AED4_963E_E407)))) < p
     }
 
     /// True if this tile always fails.
@@ -171,6 +230,7 @@ impl Faults {
         };
         let u = unit(splitmix(self.seed ^ splitmix(counter.wrapping_add(family as u64 * 0x9E37))));
         let corrupt = if family == Family::Tiles { ff.corrupt } else { 0.0 };
+        let timeout = if family == Family::Tiles { 0.0 } else { ff.query_timeout };
         let table = [
             (ff.error_5xx, Fault::Error5xx),
             (ff.throttle, Fault::Throttle),
@@ -178,6 +238,7 @@ impl Faults {
             (ff.truncate, Fault::Truncate),
             (ff.reset, Fault::Reset),
             (corrupt, Fault::Corrupt),
+            (timeout, Fault::QueryTimeout),
         ];
         let mut acc = 0.0;
         for (p, fault) in table {
@@ -240,5 +301,29 @@ mod tests {
         assert!(Faults::parse("[tiles]\nerror_5xx = 1.5\n", "t").is_err());
         assert!(Faults::parse("[tiles]\nbogus = 0.1\n", "t").is_err());
         assert!(Faults::parse("permanent = [\"14/1\"]\n", "t").is_err());
+        assert!(Faults::parse("[tiles]\ntransient_404 = 2\n", "t").is_err());
+        assert!(Faults::parse("[block]\nafter_tiles = 3\nsecs = -1\n", "t").is_err());
+        assert!(Faults::parse("[block]\nafter_tiles = 3\n", "t").is_err(), "secs is required");
+        assert!(Faults::parse("[block]\nafter = 3\nsecs = 1\n", "t").is_err());
+    }
+
+    #[test]
+    fn failure_modes_of_the_live_service() {
+        let f = Faults::parse(
+            "[block]\nafter_tiles = 5\nsecs = 2.5\n[tiles]\ntransient_404 = 0.5\n[search]\nquery_timeout = 1.0\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(f.block(), Some(BlockFaults { after_tiles: 5, secs: 2.5 }));
+        assert!((0..50).all(|i| f.draw(Family::Search, i) == Some(Fault::QueryTimeout)));
+        assert!((0..50).all(|i| f.draw(Family::Entity, i).is_none()));
+        let t = TileId::new(14, 8785, 5134).unwrap();
+        let draws: Vec<bool> = (0..200).map(|n| f.transient_404("mly1_public", &t, n)).collect();
+        assert_eq!(draws, (0..200).map(|n| f.transient_404("mly1_public", &t, n)).collect::<Vec<_>>());
+        let hits = draws.iter().filter(|b| **b).count();
+        assert!((60..140).contains(&hits), "{hits}");
+        // Off by default.
+        let none = Faults::none();
+        assert!(none.block().is_none() && !none.transient_404("mly1_public", &t, 0));
     }
 }

@@ -74,7 +74,11 @@ pub struct SimulateArgs {
     /// Days the world has advanced since epoch 0 (new uploads, deletions, moves).
     #[arg(long, default_value_t = 0)]
     pub epoch: u32,
-    /// TOML file of fault probabilities.
+    /// TOML file of faults, each off unless given: `[tiles]`/`[search]`/`[entity]` probabilities
+    /// (error_5xx, throttle, slow + slow_secs, truncate, reset; tiles: corrupt, transient_404;
+    /// search/entity: query_timeout), `permanent = ["z/x/y"]`, and the per-IP tile block
+    /// `[block] after_tiles = N, secs = S` (302 to the login page after N tile requests, lasting S
+    /// seconds after the last request made during it).
     #[arg(long)]
     pub faults: Option<PathBuf>,
     /// Write one line per request here (tokens redacted).
@@ -89,7 +93,8 @@ pub struct SimulateArgs {
     /// Entity requests (`/{id}`, `/?ids=`, `/{id}/detections`) allowed per sliding minute.
     #[arg(long, default_value_t = 60_000)]
     pub entity_per_minute: u64,
-    /// HTTP status of the code-4 "Application request limit reached" answer.
+    /// HTTP status of the code-4 "Application request limit reached" answer (403 is how the live
+    /// service is reported to send it, §13.9).
     #[arg(long, default_value_t = 429)]
     pub throttle_status: u16,
     /// A token the simulator accepts (repeatable).

@@ -52,6 +52,19 @@ pub struct AppState {
     stats: Mutex<Stats>,
     tiles: Mutex<TileCache>,
     access_log: Option<Mutex<std::fs::File>>,
+    /// The per-IP tile block of the faults file (§13.1).
+    block: Mutex<BlockState>,
+    /// Requests per (tileset, tile) so far, for `[tiles] transient_404`.
+    tile_asks: Mutex<HashMap<(String, TileId), u64>>,
+}
+
+/// Where the simulated per-IP tile block stands.
+#[derive(Debug, Default)]
+struct BlockState {
+    /// Tile requests served since the last block lifted.
+    served: u64,
+    /// The block lasts until then (each tile request during it pushes this on).
+    until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -131,6 +144,16 @@ impl ApiError {
     fn transient() -> ApiError {
         ApiError::new(500, "Service temporarily unavailable", "MLYApiException", 2)
             .with("is_transient", json!(true))
+    }
+
+    /// The query timeout seen on the live service (§13.7): 400, code -2, subcode 3404014, and
+    /// `is_transient: false` although a retry succeeded.
+    fn query_timeout() -> ApiError {
+        ApiError::new(400, "Timeout", "OAuthException", -2)
+            .with("error_subcode", json!(3_404_014))
+            .with("is_transient", json!(false))
+            .with("error_user_title", json!("Query Timeout"))
+            .with("error_user_msg", json!("The query took too long to run. Try a smaller query."))
     }
 
     fn throttle(status: StatusCode) -> ApiError {
@@ -344,6 +367,19 @@ fn id_list(s: &str, max: usize) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
+/// Percent-encodes everything but unreserved characters (for a URL inside a query value).
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `*` wildcards only, as `object_values` allows.
 fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
@@ -394,6 +430,8 @@ impl AppState {
             }),
             tiles: Mutex::new(TileCache::default()),
             access_log,
+            block: Mutex::new(BlockState::default()),
+            tile_asks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -452,6 +490,43 @@ impl AppState {
             .with("error_data", json!({})))
     }
 
+    /// The block answer when the faults file's per-IP block is on and this tile request falls in
+    /// it: 302 to the login page, whose `next` echoes the request (token redacted).
+    fn block_answer(&self, p: &Params) -> Option<Response> {
+        let cfg = self.faults.block()?;
+        let now = Instant::now();
+        let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
+        let blocked = match b.until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                // Lifted: a fresh allowance of tile requests.
+                b.until = None;
+                b.served = 0;
+                false
+            }
+            None => false,
+        };
+        if !blocked && b.served < cfg.after_tiles {
+            b.served += 1;
+            return None;
+        }
+        // Asking during a block extends it.
+        b.until = Some(now + Duration::from_secs_f64(cfg.secs));
+        drop(b);
+        let q: Vec<String> =
+            p.0.iter()
+                .map(|(k, v)| if k == "access_token" { format!("{k}=REDACTED") } else { format!("{k}={v}") })
+                .collect();
+        let next: String = url_escape(&q.join("&"));
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::FOUND;
+        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next=%3F{next}")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        Some(r)
+    }
+
     fn empty_tile_response(&self) -> Response {
         match self.empty_tile {
             EmptyTile::Empty200 => protobuf(StatusCode::OK, Bytes::new()),
@@ -506,6 +581,16 @@ impl AppState {
         };
         if bytes.is_empty() {
             return Ok(self.empty_tile_response());
+        }
+        let asked = {
+            let mut asks = self.tile_asks.lock().unwrap_or_else(|p| p.into_inner());
+            let n = asks.entry((ts.to_string(), t)).or_default();
+            *n += 1;
+            *n - 1
+        };
+        if self.faults.transient_404(ts, &t, asked) {
+            self.count_fault("transient_404");
+            return Err(not_found("Tile not found"));
         }
         let etag = format!("\"{:016x}{:x}\"", fnv1a(&bytes), bytes.len());
         let matches = headers
@@ -664,6 +749,13 @@ impl AppState {
     ) -> (Response, Option<&'static str>) {
         let family = route.family();
         self.stats().requests[family as usize] += 1;
+        // The block is per IP: it comes before the token is even looked at.
+        if family == Family::Tiles
+            && let Some(resp) = self.block_answer(&p)
+        {
+            self.count_fault("block");
+            return (resp, Some("block"));
+        }
         if let Err(e) = self.check_auth(&headers, &p) {
             return (e.into_response(), None);
         }
@@ -706,6 +798,9 @@ impl AppState {
                     b.push(h as u8);
                 }
                 return (protobuf(StatusCode::OK, Bytes::from(b)), Some("corrupt"));
+            }
+            Some(Fault::QueryTimeout) => {
+                return (ApiError::query_timeout().into_response(), Some("query_timeout"));
             }
             Some(Fault::Slow(secs)) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
             Some(Fault::Truncate) => truncate = true,

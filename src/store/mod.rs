@@ -208,6 +208,29 @@ pub struct TileWrite {
     /// Every feature the feature tile holds now (feature tilesets).
     pub features: Vec<FeatureRow>,
     pub detections: Vec<DetectionRow>,
+    /// Live records of this tile (of this tileset's kind) that the tile no longer lists, as the
+    /// Graph API judged them. Nothing else is ever tombstoned.
+    pub vanished: Vanished,
+}
+
+/// What became of a tile's vanished records, confirmed by id through the Graph API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Vanished {
+    /// Gone upstream (a lookup answered not found, code 100/33): tombstoned.
+    pub deleted: Vec<i64>,
+    /// Still there, and placed in this tile: kept, stamped `missing_from_tile_at`.
+    pub missing: Vec<i64>,
+    /// Still there, but now placed in another tile: kept, moved to that tile.
+    pub moved: Vec<MovedAway>,
+}
+
+/// A record that left the tile, with the position the Graph API gives it now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MovedAway {
+    pub id: i64,
+    pub tile: TileId,
+    pub lon: f64,
+    pub lat: f64,
 }
 
 /// An image to write; `details: None` keeps the existing enriched columns.
@@ -240,8 +263,12 @@ pub struct WriteCounts {
     pub new: u64,
     /// Live ids whose tile_hash changed or that came with fresh details.
     pub changed: u64,
-    /// Live ids of this tile that vanished from it (tombstoned).
+    /// Live ids of this tile confirmed gone upstream (tombstoned).
     pub deleted: u64,
+    /// Live ids of this tile missing from it but present upstream (kept).
+    pub missing_from_tile: u64,
+    /// Live ids of this tile that the Graph API places in another tile now (moved there).
+    pub moved_away: u64,
     /// Ids that were tombstoned and are back.
     pub revived: u64,
     /// Records written.

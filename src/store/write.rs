@@ -109,6 +109,7 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, i.enriched_at),
+    missing_from_tile_at = NULL,
     deleted_at = NULL";
 
 // $4 is unused for images; both statements take the same binds.
@@ -117,10 +118,12 @@ const HAS_LIVE_IMAGES: &str = "SELECT EXISTS (SELECT 1 FROM images
 const HAS_LIVE_FEATURES: &str = "SELECT EXISTS (SELECT 1 FROM map_features
     WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 AND object_type = $4 AND deleted_at IS NULL)";
 
+// Only ids the Graph API confirmed gone ($4), and only while they are still this tile's, live and
+// unlisted: a concurrent writer may have moved one to its own tile since the snapshot.
 const TOMBSTONE_IMAGES: &str = "
 WITH t AS (
     UPDATE images i SET deleted_at = now()
-    WHERE i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
+    WHERE i.id = ANY($4) AND i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
       AND NOT EXISTS (SELECT 1 FROM stage_img s WHERE s.id = i.id)
     RETURNING i.sequence_id
 ), touched AS (
@@ -203,12 +206,52 @@ ON CONFLICT (id) DO UPDATE SET
     tile_hash = EXCLUDED.tile_hash,
     last_harvested_at = now(),
     enriched_at = COALESCE(EXCLUDED.enriched_at, f.enriched_at),
+    missing_from_tile_at = NULL,
     deleted_at = NULL";
 
 const TOMBSTONE_FEATURES: &str = "
 UPDATE map_features f SET deleted_at = now()
-WHERE f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4 AND f.deleted_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM stage_feat s WHERE s.id = f.id)";
+WHERE f.id = ANY($5) AND f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4
+  AND f.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM stage_feat s WHERE s.id = f.id)";
+
+/// Confirmed-present records missing from their tile are kept; the stamp says since when.
+const MARK_MISSING_IMAGES: &str = "
+UPDATE images i SET missing_from_tile_at = COALESCE(i.missing_from_tile_at, now())
+WHERE i.id = ANY($4) AND i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM stage_img s WHERE s.id = i.id)";
+const MARK_MISSING_FEATURES: &str = "
+UPDATE map_features f SET missing_from_tile_at = COALESCE(f.missing_from_tile_at, now())
+WHERE f.id = ANY($5) AND f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4
+  AND f.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM stage_feat s WHERE s.id = f.id)";
+
+/// Confirmed-present records the Graph API places in another tile now move there, with that
+/// position ($9: the tileset's positions are computed ones); their sequences are rebuilt.
+const MOVE_AWAY_IMAGES: &str = "
+WITH m AS (
+    SELECT * FROM unnest($4::bigint[], $5::integer[], $6::integer[], $7::float8[], $8::float8[])
+        AS m(id, x, y, lon, lat)
+), u AS (
+    UPDATE images i SET tile_x = m.x, tile_y = m.y, missing_from_tile_at = NULL,
+        geom = CASE WHEN $9 THEN i.geom ELSE ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326) END,
+        computed_geom = CASE WHEN $9 THEN ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326) ELSE i.computed_geom END
+    FROM m
+    WHERE i.id = m.id AND i.tile_z = $1 AND i.tile_x = $2 AND i.tile_y = $3 AND i.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM stage_img s WHERE s.id = i.id)
+    RETURNING i.sequence_id
+), touched AS (
+    INSERT INTO touched_seq (id) SELECT sequence_id FROM u WHERE sequence_id IS NOT NULL
+)
+SELECT count(*) FROM u";
+const MOVE_AWAY_FEATURES: &str = "
+WITH m AS (
+    SELECT * FROM unnest($5::bigint[], $6::integer[], $7::integer[], $8::float8[], $9::float8[])
+        AS m(id, x, y, lon, lat)
+)
+UPDATE map_features f SET tile_x = m.x, tile_y = m.y, missing_from_tile_at = NULL,
+    geom = ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326)
+FROM m
+WHERE f.id = m.id AND f.tile_z = $1 AND f.tile_x = $2 AND f.tile_y = $3 AND f.object_type = $4
+  AND f.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM stage_feat s WHERE s.id = f.id)";
 
 const REPLACE_LINKS: &str = "
 DELETE FROM map_feature_images WHERE map_feature_id IN (SELECT id FROM stage_feat WHERE has_details)";
@@ -356,15 +399,47 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
                 .await
                 .map_err(query_err(ctx("collecting touched sequences")))?;
         }
+        let gone = &w.vanished;
+        let moved = MovedColumns::of(&gone.moved);
         if coverage && had_live {
-            let deleted: i64 = sqlx::query_scalar(TOMBSTONE_IMAGES)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(query_err(ctx("tombstoning vanished images")))?;
-            counts.deleted += deleted as u64;
+            if !gone.deleted.is_empty() {
+                let deleted: i64 = sqlx::query_scalar(TOMBSTONE_IMAGES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(&gone.deleted)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("tombstoning images confirmed gone")))?;
+                counts.deleted += deleted as u64;
+            }
+            if !gone.missing.is_empty() {
+                let r = sqlx::query(MARK_MISSING_IMAGES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(&gone.missing)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("keeping images missing from their tile")))?;
+                counts.missing_from_tile += r.rows_affected();
+            }
+            if !gone.moved.is_empty() {
+                let n: i64 = sqlx::query_scalar(MOVE_AWAY_IMAGES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(&moved.ids)
+                    .bind(&moved.xs)
+                    .bind(&moved.ys)
+                    .bind(&moved.lons)
+                    .bind(&moved.lats)
+                    .bind(w.tileset == Tileset::ComputedPublic)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("moving images to their new tile")))?;
+                counts.moved_away += n as u64;
+            }
         }
         if coverage || !w.images.is_empty() || !w.sequences.is_empty() {
             sqlx::query(REBUILD_SEQUENCES)
@@ -394,15 +469,46 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
                 .map_err(query_err(ctx("linking feature images")))?;
         }
         if let Some(kind) = feature_kind(w.tileset).filter(|_| had_live) {
-            let r = sqlx::query(TOMBSTONE_FEATURES)
-                .bind(z)
-                .bind(x)
-                .bind(y)
-                .bind(kind)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(ctx("tombstoning vanished map features")))?;
-            counts.deleted += r.rows_affected();
+            if !gone.deleted.is_empty() {
+                let r = sqlx::query(TOMBSTONE_FEATURES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(kind)
+                    .bind(&gone.deleted)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("tombstoning map features confirmed gone")))?;
+                counts.deleted += r.rows_affected();
+            }
+            if !gone.missing.is_empty() {
+                let r = sqlx::query(MARK_MISSING_FEATURES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(kind)
+                    .bind(&gone.missing)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("keeping map features missing from their tile")))?;
+                counts.missing_from_tile += r.rows_affected();
+            }
+            if !gone.moved.is_empty() {
+                let r = sqlx::query(MOVE_AWAY_FEATURES)
+                    .bind(z)
+                    .bind(x)
+                    .bind(y)
+                    .bind(kind)
+                    .bind(&moved.ids)
+                    .bind(&moved.xs)
+                    .bind(&moved.ys)
+                    .bind(&moved.lons)
+                    .bind(&moved.lats)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(ctx("moving map features to their new tile")))?;
+                counts.moved_away += r.rows_affected();
+            }
         }
         if !w.detections.is_empty() {
             sqlx::query(UPSERT_DETECTIONS)
@@ -449,6 +555,36 @@ async fn write_once(store: &Store, w: &TileWrite, s: &Staged) -> Result<WriteCou
     }
     tx.commit().await.map_err(query_err(ctx("committing")))?;
     Ok(counts)
+}
+
+/// The moved records as column arrays for `unnest`.
+struct MovedColumns {
+    ids: Vec<i64>,
+    xs: Vec<i32>,
+    ys: Vec<i32>,
+    lons: Vec<f64>,
+    lats: Vec<f64>,
+}
+
+impl MovedColumns {
+    fn of(moved: &[super::MovedAway]) -> MovedColumns {
+        let mut m = MovedColumns {
+            ids: Vec::with_capacity(moved.len()),
+            xs: Vec::with_capacity(moved.len()),
+            ys: Vec::with_capacity(moved.len()),
+            lons: Vec::with_capacity(moved.len()),
+            lats: Vec::with_capacity(moved.len()),
+        };
+        for r in moved {
+            let (_, x, y) = tile_key(r.tile);
+            m.ids.push(r.id);
+            m.xs.push(x);
+            m.ys.push(y);
+            m.lons.push(r.lon);
+            m.lats.push(r.lat);
+        }
+        m
+    }
 }
 
 fn add(c: &mut WriteCounts, (new, changed, revived, total): (u64, u64, u64, u64)) {
