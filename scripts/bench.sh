@@ -109,7 +109,7 @@ sync_run() {
   t0=$(now)
   env DATABASE_URL="$db" MLY_MAPILLARY__GRAPH_URL="$SIM_URL" MLY_MAPILLARY__TILES_URL="$SIM_URL" \
     MAPILLARY_ACCESS_TOKEN='MLY|4000000000000001|0123456789abcdef0123456789abcdef' \
-    MLY_LIMITS__TILES_PER_DAY=10000000 "$@" \
+    MLY_LIMITS__TILES_PER_DAY=10000000 MLY_LIMITS__TILES_PER_MINUTE=100000000 "$@" \
     /usr/bin/time -v -o "$WORK/$tag.time" "$BIN" -q sync --yes "$region" >"$WORK/$tag.out" 2>"$WORK/$tag.err" || rc=$?
   t1=$(now)
   WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }')

@@ -27,6 +27,9 @@ echo "demo: simulator at $URL" >&2
 
 export MLY_MAPILLARY__GRAPH_URL="$URL" MLY_MAPILLARY__TILES_URL="$URL"
 export MAPILLARY_ACCESS_TOKEN='MLY|4000000000000001|0123456789abcdef0123456789abcdef'
+# The simulator is not the live tile server: no pace between tile requests, and a budget that
+# repeated demos do not spend (against Mapillary keep the defaults; see README "Tile budget").
+export MLY_LIMITS__TILES_PER_MINUTE=6000000 MLY_LIMITS__TILES_PER_DAY=1000000
 "$BIN" plan "$REGION"
 "$BIN" sync "$REGION"
 "$BIN" status

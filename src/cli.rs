@@ -110,11 +110,15 @@ pub enum Command {
     /// Create or upgrade the database schema.
     Migrate,
     /// Serve the offline Mapillary API v4 simulator.
+    #[command(after_help = simulator::HELP)]
     Simulate(SimulateArgs),
     /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
     QgisProject(crate::ops::qgis::QgisProjectArgs),
     /// Draw a run: its region, z14 tiles coloured by state, and the harvested coverage.
     Report(crate::ops::report::ReportArgs),
+    /// Check everything a real run needs: config, database, PostGIS, rights, a recorded block,
+    /// the token (one Graph call) and tile access (one tile, counted in the budget).
+    Doctor(crate::ops::doctor::DoctorArgs),
 }
 
 /// `sync` options.
@@ -306,6 +310,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             crate::ops::report::run(&store, args).await?;
             Ok(exit::OK)
         }
+        Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
         Command::Status(ref args) => {
             let cfg = load_config(&cli)?;
             // Read-only: no migration, and the server refuses any write on these sessions.
@@ -321,7 +326,15 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 }
                 return Ok(exit::OK);
             }
-            status(&store, args).await
+            let code = status(&store, args).await?;
+            if !args.json
+                && let Some(b) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await?
+            {
+                emit(&format!("{}\n", b.message()))?;
+            }
+            Ok(code)
         }
         Command::Sync(ref args) => {
             // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.

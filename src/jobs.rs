@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use crate::model::Tileset;
@@ -537,36 +537,6 @@ pub async fn finish(
     }
     tracing::debug!(run = run.0, status, total, done, failed, pending, "run finished");
     Ok(RunSummary { run, status: status.to_string(), total, done, failed, pending })
-}
-
-/// Atomically grants min(n, remaining) tiles of the UTC day's budget; concurrent takers never overspend.
-pub async fn take_tile_budget(store: &Store, day: NaiveDate, per_day: u32, n: u32) -> Result<u32, JobsError> {
-    let ctx = || format!("taking tile budget for {day}");
-    let mut tx = store.pool().begin().await.map_err(q(ctx()))?;
-    sqlx::query("INSERT INTO tile_budget (day, used) VALUES ($1, 0) ON CONFLICT (day) DO NOTHING")
-        .bind(day)
-        .execute(&mut *tx)
-        .await
-        .map_err(q(ctx()))?;
-    // The row lock serialises concurrent takers; each sees the previous one's committed `used`.
-    let used: i32 = sqlx::query_scalar("SELECT used FROM tile_budget WHERE day = $1 FOR UPDATE")
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q(ctx()))?;
-    let remaining = i64::from(per_day) - i64::from(used);
-    let grant = remaining.clamp(0, i64::from(n));
-    if grant > 0 {
-        sqlx::query("UPDATE tile_budget SET used = used + $2 WHERE day = $1")
-            .bind(day)
-            .bind(grant as i32)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(ctx()))?;
-    }
-    tx.commit().await.map_err(q(ctx()))?;
-    // grant is within 0..=n, so it fits u32.
-    Ok(grant as u32)
 }
 
 /// The newest runs, with live tile counts.

@@ -6,6 +6,7 @@
 //! run can resume. [`simulator`] serves a faithful offline copy of the Mapillary API v4.
 
 pub mod api;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod jobs;

@@ -133,6 +133,10 @@ pub struct DecodedTile {
     pub images: Vec<TileImage>,
     pub sequences: Vec<TileSequence>,
     pub features: Vec<TileFeature>,
+    /// Ids of the images / features drawn exactly on the tile's east or south edge: the
+    /// neighbour's first pixel, where the neighbour may list them as its own. (Records beyond the
+    /// edge, the render-buffer copies of the neighbours' records, are not decoded at all.)
+    pub far_edge: Vec<i64>,
 }
 
 /// Image fields from the Graph API (`/images`, `/?ids=`); absent fields stay `None`.

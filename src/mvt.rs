@@ -75,6 +75,8 @@ pub struct LayerStats {
     pub skipped: usize,
     /// Whether the layer was ignored (`overview`, unknown names, layers of the other tileset kind).
     pub ignored: bool,
+    /// Points outside the tile (render-buffer copies of a neighbour's records), left out.
+    pub buffered: usize,
 }
 
 /// Decodes one Mapillary vector tile of `tileset` at `tile` into records with lon/lat positions.
@@ -433,10 +435,26 @@ fn decode_layer(
                     // A multi-point would be odd here; its first point is the record's position.
                     match first_point(&f.geometry).map_err(|r| geom_err(i, r))? {
                         None => false,
-                        Some(px) => {
-                            let (lon, lat) = to_lonlat(px);
-                            push_point(kind, &props, lon, lat, out)
-                        }
+                        Some(px) => match placement(px, extent) {
+                            Placement::Outside => {
+                                // A render-buffer copy (§13.5): the record belongs to the tile
+                                // that contains it, which lists it too.
+                                st.buffered += 1;
+                                continue;
+                            }
+                            place => {
+                                let (lon, lat) = to_lonlat(px);
+                                let pushed = push_point(kind, &props, lon, lat, out);
+                                if pushed && place == Placement::FarEdge {
+                                    let id = match kind {
+                                        LayerKind::Feature(_) => out.features.last().map(|f| f.id.0),
+                                        _ => out.images.last().map(|i| i.id.0),
+                                    };
+                                    out.far_edge.extend(id);
+                                }
+                                pushed
+                            }
+                        },
                     }
                 }
             }
@@ -489,6 +507,29 @@ fn decode_layer(
         }
     }
     Ok(st)
+}
+
+/// Where a point lies relative to its tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// In [0, extent) on both axes: the tile's own record.
+    Inside,
+    /// On the east or south edge (coordinate == extent): also the neighbour's first pixel, so the
+    /// neighbour may list the record as its own.
+    FarEdge,
+    /// Beyond the edge: a render-buffer copy of a neighbour's record.
+    Outside,
+}
+
+fn placement((x, y): (i64, i64), extent: u32) -> Placement {
+    let e = i64::from(extent);
+    if x < 0 || y < 0 || x > e || y > e {
+        Placement::Outside
+    } else if x == e || y == e {
+        Placement::FarEdge
+    } else {
+        Placement::Inside
+    }
 }
 
 /// Pushes an image or map feature; false when the id is unusable.
@@ -683,6 +724,35 @@ mod tests {
         let e = decode_tile(Tileset::Public, T, b"not a vector tile at all").unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("while decoding mly1_public tile 14/8574/5735"), "{msg}");
+    }
+
+    #[test]
+    fn render_buffer_copies_are_left_out_and_far_edge_records_are_marked() {
+        let keys = ["id"];
+        let values: Vec<tile::Value> = (1..=7).map(value_int).collect();
+        let feats = vec![
+            point_feature(vec![0, 0], 0, 0), // id 1: inside (the first pixel is the tile's)
+            point_feature(vec![0, 1], 4095, 4095), // id 2: inside
+            point_feature(vec![0, 2], 4096, 100), // id 3: on the east edge
+            point_feature(vec![0, 3], 100, 4096), // id 4: on the south edge
+            point_feature(vec![0, 4], -1, 100), // id 5: a copy from the west neighbour
+            point_feature(vec![0, 5], 4097, 4096), // id 6: a copy from the east neighbour
+            point_feature(vec![0, 6], 2000, -64), // id 7: a copy from the north neighbour
+        ];
+        for (ts, name) in [(Tileset::Public, "image"), (Tileset::FeaturePoint, "point")] {
+            let bytes = encode(vec![layer(name, &keys, values.clone(), feats.clone())]);
+            let (d, st) = decode_tile_with_stats(ts, T, &bytes).unwrap();
+            assert_eq!((st[0].buffered, st[0].skipped, st[0].decoded), (3, 0, 4), "{ts}");
+            let ids: Vec<i64> = match ts {
+                Tileset::Public => d.images.iter().map(|i| i.id.0).collect(),
+                _ => d.features.iter().map(|f| f.id.0).collect(),
+            };
+            assert_eq!(ids, [1, 2, 3, 4], "{ts}");
+            assert_eq!(d.far_edge, [3, 4], "{ts}");
+        }
+        assert_eq!(placement((4096, 4096), 4096), Placement::FarEdge);
+        assert_eq!(placement((0, 4095), 4096), Placement::Inside);
+        assert_eq!(placement((0, 4097), 4096), Placement::Outside);
     }
 
     #[test]

@@ -556,7 +556,9 @@ fn serve(mut s: TcpStream, mode: Fake, tiles: &[(String, Vec<u8>)]) {
     let (ctype, body): (&str, Vec<u8>) = if path.starts_with("/maps/vtp/") {
         match mode {
             Fake::NotProtobuf => {
-                ("application/x-protobuf", b"<html>this is not a vector tile</html>".to_vec())
+                // Plain text: an HTML page where a tile should be is the tile server's IP block
+                // instead (exit 10, tests/survival.rs).
+                ("application/x-protobuf", b"this is not a vector tile".to_vec())
             }
             Fake::Huge => {
                 let len = 50 * 1024 * 1024;

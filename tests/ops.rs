@@ -123,8 +123,8 @@ fn metrics_file_parses_and_equals_the_run_summary_and_logs_are_json() {
     assert_eq!(tiles_done, done, "tiles done");
     assert_eq!(g("mly_harvest_run_tiles{state=failed,tileset=mly1_public}"), 0.0);
     assert_eq!(g("mly_harvest_run_id{}"), 1.0);
-    // 2 tiles x 3 tilesets taken from the default 50,000 a day.
-    assert_eq!(g("mly_harvest_tile_budget_remaining{}"), 50_000.0 - 6.0);
+    // 2 tiles x 3 tilesets taken from the default 1,500 a day.
+    assert_eq!(g("mly_harvest_tile_budget_remaining{}"), 1_500.0 - 6.0);
     assert!(g("mly_harvest_run_duration_seconds{}") > 0.0);
     let (last, end) =
         (g("mly_harvest_last_success_timestamp_seconds{}"), g("mly_harvest_run_end_timestamp_seconds{}"));

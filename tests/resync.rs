@@ -169,7 +169,7 @@ fn daily_tile_budget_holds_across_processes_and_days() {
     assert_eq!(o.status.code(), Some(7));
     let s2 = sim.stats();
     assert_eq!(delta(&s1, &s2, "tiles"), 0, "the budget was overspent");
-    assert_eq!(psql(&db, "SELECT used FROM mapillary.tile_budget WHERE day = '2026-01-01'"), "2");
+    assert_eq!(psql(&db, "SELECT used FROM mly_harvest_global.tile_budget WHERE day = '2026-01-01'"), "2");
 
     // The next day the same run carries on and finishes.
     let o = run(&["sync", region, "--budget-day", "2026-01-02"], &e);

@@ -55,10 +55,18 @@ fn gdal_reads_simulator_tiles_with_the_real_tiles_schema() {
     assert_eq!(real.keys().collect::<Vec<_>>(), ["image", "sequence"], "{real:?}");
 
     // Malmö's dense core tile: panoramas, organizations and every property occur in it.
-    for tileset in ["mly1_public", "mly1_computed_public"] {
-        let ours = schema(&fetch(&sim, tileset, "14/8783/5134", dir.path()));
-        assert_eq!(ours, real, "{tileset}: layer names or property types differ from the real 2024 tile");
+    let ours = schema(&fetch(&sim, "mly1_public", "14/8783/5134", dir.path()));
+    assert_eq!(ours, real, "mly1_public: layer names or property types differ from the real 2024 tile");
+    // The computed tileset adds `foot` (a bool like is_pano) and `quality_score` (a double like
+    // compass_angle) to both layers (§13.6).
+    let mut computed = real.clone();
+    for layer in ["image", "sequence"] {
+        let l = computed.get_mut(layer).expect("layer");
+        l.insert("foot".into(), real["image"]["is_pano"].clone());
+        l.insert("quality_score".into(), real["image"]["compass_angle"].clone());
     }
+    let ours = schema(&fetch(&sim, "mly1_computed_public", "14/8783/5134", dir.path()));
+    assert_eq!(ours, computed, "mly1_computed_public: layer names or property types differ");
 
     // No real feature tile exists; the documented schema (id int, value string, first/last seen ms).
     let expected: BTreeMap<String, String> = [

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use geozero::{CoordDimensions, ToWkb};
+use mly_harvest::budget::{self, AppKey, TileLimits};
 use mly_harvest::jobs::{self, PlannedTile, RunId};
 use mly_harvest::model::{
     Detection, FeatureKind, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage,
@@ -579,18 +580,21 @@ async fn dead_owner_is_reclaimed_live_one_is_not_and_runs_resume() {
 async fn budget_is_never_overspent() {
     let (store, url) = migrated("budget").await;
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let app = AppKey::from_token("MLY|77|secret-of-the-budget-test");
+    // A fast pace: this test is about the count, `tiles_are_paced_across_schemas` about time.
+    let limits = TileLimits { per_day: 100, per_minute: 6_000_000 };
     let mut handles = vec![];
     for _ in 0..6 {
-        let store = store.clone();
+        let (store, app) = (store.clone(), app.clone());
         handles.push(tokio::spawn(async move {
             let mut total = 0u32;
             loop {
-                let g = jobs::take_tile_budget(&store, day, 100, 7).await.unwrap();
-                assert!(g <= 7);
-                if g == 0 {
+                let g = budget::take(&store, &app, day, limits, 7).await.unwrap();
+                assert!(g.tiles <= 7);
+                if g.tiles == 0 {
                     return total;
                 }
-                total += g;
+                total += g.tiles;
             }
         }));
     }
@@ -599,9 +603,43 @@ async fn budget_is_never_overspent() {
         sum += h.await.unwrap();
     }
     assert_eq!(sum, 100);
-    assert_eq!(psql(&url, "SELECT used FROM mapillary.tile_budget"), "100");
+    assert_eq!(psql(&url, "SELECT used FROM mly_harvest_global.tile_budget"), "100");
     let other = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
-    assert_eq!(jobs::take_tile_budget(&store, other, 100, 30).await.unwrap(), 30);
+    assert_eq!(budget::take(&store, &app, other, limits, 30).await.unwrap().tiles, 30);
+    // Another app has its own budget.
+    let app2 = AppKey::from_token("MLY|78|secret-of-the-budget-test");
+    assert_eq!(budget::take(&store, &app2, day, limits, 30).await.unwrap().tiles, 30);
+}
+
+/// Issue 16 item 10: two schemas on one token share one day's budget and one pace; the
+/// token itself is stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_are_paced_and_budgeted_across_schemas() {
+    let (a, url) = migrated("budget_schemas").await;
+    let b = Store::connect(&url, "second", 2).await.unwrap();
+    b.migrate().await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let token = "MLY|4242|budgettokensecret0123456789abcdef";
+    let app = AppKey::from_token(token);
+    // 600/min = one tile every 100 ms.
+    let limits = TileLimits { per_day: 10, per_minute: 600 };
+    let ga = budget::take(&a, &app, day, limits, 4).await.unwrap();
+    let gb = budget::take(&b, &app, day, limits, 4).await.unwrap();
+    let gc = budget::take(&a, &app, day, limits, 4).await.unwrap();
+    assert_eq!((ga.tiles, gb.tiles, gc.tiles), (4, 4, 2), "one budget of 10 for both schemas");
+    assert_eq!(ga.spacing, Duration::from_millis(100));
+    // The second schema's slots come after the first's four: about 400 ms later.
+    assert!(ga.first_in < Duration::from_millis(50), "{:?}", ga.first_in);
+    assert!(
+        gb.first_in > Duration::from_millis(300) && gb.first_in <= Duration::from_millis(400),
+        "{:?}",
+        gb.first_in
+    );
+    assert!(gc.first_in > Duration::from_millis(700), "{:?}", gc.first_in);
+    assert_eq!(budget::used(&b, &app, day).await.unwrap(), 10);
+    let stored = psql(&url, "SELECT string_agg(app_key, ',') FROM mly_harvest_global.tile_budget");
+    assert_eq!(stored, app.as_str());
+    assert!(!stored.contains("4242") && !stored.contains("budgettokensecret"));
 }
 
 #[tokio::test]

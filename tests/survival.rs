@@ -116,17 +116,57 @@ fn a_transient_404_on_tiles_with_data_deletes_nothing() {
     );
 }
 
+/// One dense tile of central Malmö (17,230 images at epoch 0).
+const DENSE: &str = "13.0,55.605,13.0005,55.6052";
+
+#[test]
+fn a_transient_404_on_a_dense_tile_deletes_nothing() {
+    let db = fresh_db("surv_dense");
+    {
+        let sim = Sim::start(&[]);
+        let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+        sync_ok(&run(&["sync", DENSE], &env));
+    }
+    let clean = checksum(&db);
+    let images = count(&db, "SELECT count(*) FROM mapillary.images");
+    assert!(images > 10_000, "{images}");
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "[tiles]\ntransient_404 = 1.0\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let env = with(env, "MLY_HARVEST__RECHECK_SECS", "1");
+    let out = sync_ok(&run(&["sync", DENSE], &env));
+    assert_eq!(checksum(&db), clean, "{out}");
+    assert_eq!(summary_number(&out, "deleted (confirmed"), 0, "{out}");
+    assert_eq!(summary_number(&out, "missing_from_tile"), images as u64, "{out}");
+    assert_eq!(summary_number(&out, "Graph calls)"), (images as u64).div_ceil(50), "{out}");
+    assert_eq!(tiles(&sim.stats()), 3, "read once, then twice later in the run");
+}
+
 #[test]
 fn a_real_deletion_is_confirmed_by_id_then_tombstoned() {
-    let db = fresh_db("surv_delete");
+    // The same nightly re-sync (epoch 0 → 1) twice: once clean, once meeting transient 404s that
+    // clear on a later read (seed 2: three tiles 404 at their first read, two also at their second).
+    let (db, clean) = (fresh_db("surv_delete"), fresh_db("surv_delete_clean"));
     {
         let sim = Sim::start(&["--epoch", "0"]);
         sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &db)));
+        sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &clean)));
     }
-    let sim = Sim::start(&["--epoch", "1"]);
+    {
+        let sim = Sim::start(&["--epoch", "1"]);
+        sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &clean)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "seed = 2\n[tiles]\ntransient_404 = 0.5\n");
+    let sim = Sim::start(&["--epoch", "1", "--faults", &faults]);
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__RECHECK_SECS", "1");
     let before = sim.stats();
-    let out = sync_ok(&run(&["sync", SUBURB], &harvest_env(&sim, &db)));
+    let out = sync_ok(&run(&["sync", SUBURB], &env));
     let after = sim.stats();
+    assert_eq!(after["faults"]["transient_404"], 5, "{after}");
+    assert_eq!(summary_number(&out, "tiles re-read"), 5, "{out}");
+    assert_eq!(checksum(&db), checksum(&clean), "transient 404s changed the re-synced tables: {out}");
     let deleted = set(&db, "SELECT id FROM mapillary.images WHERE deleted_at IS NOT NULL");
     assert!(!deleted.is_empty(), "epoch 1 deleted images in the region: {out}");
     // Every tombstoned record is really gone upstream ...
@@ -195,6 +235,10 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state = 'done'"), 3);
     assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state = 'failed'"), 0);
 
+    let status = run(&["status"], &env);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("the tile server blocked this IP at "), "status shows the block: {shown}");
+
     // Before the block time: exit 10 at once, not one tile request.
     let t = Instant::now();
     let o = run(&["sync", SUBURB], &env);
@@ -202,6 +246,12 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     assert!(t.elapsed() < Duration::from_secs(3));
     let s2 = sim.stats();
     assert_eq!(tiles(&s2) - tiles(&s1), 0, "a run during the block asked the tile server");
+
+    // Every harvest schema of the database sees the block.
+    let other = with(env.clone(), "MLY_DATABASE__SCHEMA", "other");
+    let o = run(&["sync", SUBURB], &other);
+    assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tiles(&sim.stats()) - tiles(&s2), 0, "a run of another schema asked the tile server");
 
     // After the block time the run completes with the tables of an uninterrupted run.
     let wait: f64 = psql(
@@ -216,6 +266,69 @@ fn a_block_stops_every_tile_request_and_the_run_resumes_after_the_block_time() {
     assert_eq!(tiles(&s3) - tiles(&s2), 3, "{out}");
     assert_eq!(checksum(&db), clean);
     assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM mapillary.harvest_run"), 1, "one run, resumed");
+}
+
+#[test]
+fn a_block_stops_every_process_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(dir.path(), "faults.toml", "[block]\nafter_tiles = 2\nsecs = 30\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let db = fresh_db("surv_block_two");
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let env = with(env, "MLY_LIMITS__CONCURRENCY", "2");
+    // Six tiles, two processes.
+    let region = "13.03,55.595,13.10,55.600";
+    let spawn = || {
+        let mut c = std::process::Command::new(bin());
+        c.args(["-q", "sync", region]).env_remove("MAPILLARY_ACCESS_TOKEN");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for o in [&a, &b] {
+        assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Each process may have had one request on its way when the other met the block; no more.
+    let stats = sim.stats();
+    assert!(tiles(&stats) <= 2 + 2, "tile requests after the block: {stats}");
+    assert_eq!(count(&db, "SELECT count(*) FROM mly_harvest_global.tile_block"), 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM mapillary.harvest_tile WHERE state IN ('leased', 'failed')"),
+        0
+    );
+}
+
+#[test]
+fn ignore_block_overrides_a_recorded_block() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("surv_ignore");
+    let env = with(harvest_env(&sim, &db), "MLY_HARVEST__TILESETS", "mly1_public");
+    let region = "13.035,55.595,13.04,55.597";
+    // A block recorded by an earlier run on this machine, not over yet.
+    let o = run(&["migrate"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().replace(':', "_");
+    psql(
+        &db,
+        &format!(
+            "INSERT INTO mly_harvest_global.tile_block VALUES ('{}', '{host}', now() - interval '1 hour',
+               now() + interval '23 hours', 'HTTP 302 redirect to www.mapillary.com', 'mapillary', NULL)",
+            sim.url
+        ),
+    );
+    let s0 = sim.stats();
+    let o = run(&["sync", region], &env);
+    assert_eq!(o.status.code(), Some(10), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("(HTTP 302 redirect to www.mapillary.com)"), "{err}");
+    assert_eq!(tiles(&sim.stats()) - tiles(&s0), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM mapillary.harvest_run"), 0, "no job state was touched");
+    // --ignore-block asks anyway; the server answers normally, so the run completes.
+    let out = sync_ok(&run(&["sync", region, "--ignore-block"], &env));
+    assert!(tiles(&sim.stats()) - tiles(&s0) >= 1, "{out}");
 }
 
 #[test]
@@ -258,6 +371,7 @@ fn client(base: &str) -> ApiClient {
         max_retries: 3,
         search_per_minute: 60_000,
         entity_per_minute: 60_000,
+        breaker_after: 1000,
     })
     .unwrap()
 }
@@ -309,4 +423,76 @@ async fn a_redirect_or_an_html_page_on_a_tile_is_a_block_and_stops_tile_requests
         assert_eq!(login.load(Ordering::SeqCst), 0, "{kind}: the redirect was followed");
         assert_eq!(c.counters().tiles, 1);
     }
+}
+
+/// GET over loopback returning (status, raw response head, body).
+fn get_with_head(url: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, buf[end..].to_vec())
+}
+
+#[test]
+fn the_simulator_answers_the_live_failure_modes_over_http() {
+    let token = SIM_TOKEN.replace('|', "%7C");
+    let dir = tempfile::tempdir().unwrap();
+    let faults = write_file(
+        dir.path(),
+        "faults.toml",
+        "[block]\nafter_tiles = 2\nsecs = 1.0\n[search]\nquery_timeout = 1.0\n[entity]\nthrottle = 1.0\n",
+    );
+    let sim = Sim::start(&["--faults", &faults, "--throttle-status", "403"]);
+    let tile = |ts: &str| format!("{}/maps/vtp/{ts}/2/14/8785/5134?access_token={token}", sim.url);
+    // Two tile requests are served, then the block: 302 to the login page, the request echoed
+    // without the token; it lasts while requests keep coming, and lifts after `secs` of silence.
+    assert_eq!(get_with_head(&tile("mly1_public")).0, 200);
+    assert_eq!(get_with_head(&tile("mly_map_feature_point")).0, 200);
+    for _ in 0..3 {
+        let (status, head, _) = get_with_head(&tile("mly1_public"));
+        assert_eq!(status, 302, "{head}");
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .unwrap_or_else(|| panic!("no Location in {head}"));
+        assert!(location.starts_with("https://www.mapillary.com/login/?next="), "{location}");
+        assert!(location.contains("8785") && !location.contains("0123456789abcdef"), "{location}");
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get_with_head(&tile("mly1_public")).0, 200, "the block lifts after a quiet second");
+    // Graph calls are not blocked; searches time out as in §13.7; code-4 throttling comes as 403.
+    let (status, _, body) =
+        get_with_head(&format!("{}/images?bbox=13.035,55.595,13.036,55.596&access_token={token}", sim.url));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], -2);
+    assert_eq!(v["error"]["error_subcode"], 3_404_014);
+    assert_eq!(v["error"]["is_transient"], false);
+    assert_eq!(v["error"]["error_user_title"], "Query Timeout");
+    let (status, _, body) = get_with_head(&format!("{}/1?fields=id&access_token={token}", sim.url));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, v["error"]["code"].as_i64()), (403, Some(4)), "{v}");
+    let stats = sim.stats();
+    assert_eq!(stats["faults"]["block"], 3, "{stats}");
+
+    // Transient 404s hit tiles with data only; an empty tile keeps its usual answer.
+    let faults = write_file(dir.path(), "404.toml", "[tiles]\ntransient_404 = 1.0\n");
+    let sim = Sim::start(&["--faults", &faults]);
+    let (status, _, _) =
+        get_with_head(&format!("{}/maps/vtp/mly1_public/2/14/8785/5134?access_token={token}", sim.url));
+    assert_eq!(status, 404);
+    // Open sea west of Malmö: no data.
+    let (status, _, body) =
+        get_with_head(&format!("{}/maps/vtp/mly1_public/2/14/8700/5100?access_token={token}", sim.url));
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(sim.stats()["faults"]["transient_404"], 1);
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -45,6 +45,66 @@ impl Family {
             Family::Search => "search",
             Family::Entity => "entity",
         }
+    }
+
+    /// What the family talks to, and the config key of its URL, for the breaker's message.
+    fn service(self) -> (&'static str, &'static str) {
+        match self {
+            Family::Tiles => ("the tile server", "tiles_url"),
+            Family::Search => ("the Graph API (searches)", "graph_url"),
+            Family::Entity => ("the Graph API (lookups)", "graph_url"),
+        }
+    }
+}
+
+/// One family's circuit breaker: counts calls in a row that failed to connect or timed out.
+/// Any answer from the server (whatever its status) resets the count; reaching the limit trips
+/// it for the rest of the process, and every waiting retry of the family wakes up and fails.
+struct Breaker {
+    after: u32,
+    in_a_row: AtomicU32,
+    /// `Some(error)` once tripped; receivers wait on it instead of sleeping out their backoff.
+    tripped: tokio::sync::watch::Sender<Option<Arc<str>>>,
+}
+
+impl Breaker {
+    fn new(after: u32) -> Breaker {
+        Breaker {
+            after: after.max(1),
+            in_a_row: AtomicU32::new(0),
+            tripped: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// The breaker's error message once it has tripped.
+    fn tripped(&self) -> Option<Arc<str>> {
+        self.tripped.borrow().clone()
+    }
+
+    /// An answer came back: the host is reachable.
+    fn answered(&self) {
+        self.in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// A call failed to connect or timed out; trips the breaker on the `after`-th in a row.
+    fn failed(&self, message: &str) {
+        let n = self.in_a_row.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n >= self.after {
+            self.tripped.send_if_modified(|t| {
+                if t.is_some() {
+                    return false;
+                }
+                *t = Some(Arc::from(message));
+                true
+            });
+        }
+    }
+
+    /// Resolves when the breaker trips (at once if it has).
+    async fn wait_tripped(&self) {
+        let mut rx = self.tripped.subscribe();
+        // Err only when the sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(Option::is_some).await;
     }
 }
 
@@ -93,6 +153,9 @@ struct Inner {
     tiles_pacer: Pacer,
     search_pacer: Pacer,
     entity_pacer: Pacer,
+    tiles_breaker: Breaker,
+    search_breaker: Breaker,
+    entity_breaker: Breaker,
     counters: Counters,
     /// Tile requests pass this gate one at a time until their answer's status and headers are
     /// in, so that after a block answer not one more tile request leaves this process.
@@ -152,6 +215,9 @@ impl ApiClient {
                 tiles_pacer: Pacer::new(None),
                 search_pacer: Pacer::new(Some(s.search_per_minute)),
                 entity_pacer: Pacer::new(Some(s.entity_per_minute)),
+                tiles_breaker: Breaker::new(s.breaker_after),
+                search_breaker: Breaker::new(s.breaker_after),
+                entity_breaker: Breaker::new(s.breaker_after),
                 counters: Counters::default(),
                 tile_gate: tokio::sync::Mutex::new(()),
                 blocked: std::sync::Mutex::new(None),
@@ -230,6 +296,21 @@ impl ApiClient {
                 Ok(TileResponse::Data { bytes: body, etag })
             }
             Reply::Refused { status: 403 | 404, .. } => Ok(TileResponse::Empty),
+            Reply::Refused { status, class } => Err(self.refusal(&context, status, class)),
+        }
+    }
+
+    /// One small Graph API search (`/images?bbox=…&limit=1&fields=id`, the call Mapillary's own
+    /// clients use to check a token): Ok when the API answers it, `Auth` when it refuses the token.
+    pub async fn check_token(&self, bbox: &Bbox) -> Result<(), ApiError> {
+        let context = format!("while checking the token with a search in bbox {}", bbox.to_query());
+        let mut url = self.url(&self.inner.graph, "images")?;
+        url.query_pairs_mut()
+            .append_pair("bbox", &bbox.to_query())
+            .append_pair("fields", "id")
+            .append_pair("limit", "1");
+        match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
+            Reply::Ok { .. } | Reply::Refused { class: Class::TooMuch(_), .. } => Ok(()),
             Reply::Refused { status, class } => Err(self.refusal(&context, status, class)),
         }
     }
@@ -448,6 +529,32 @@ impl ApiClient {
         }
     }
 
+    fn breaker(&self, f: Family) -> &Breaker {
+        match f {
+            Family::Tiles => &self.inner.tiles_breaker,
+            Family::Search => &self.inner.search_breaker,
+            Family::Entity => &self.inner.entity_breaker,
+        }
+    }
+
+    /// The error of a tripped breaker: names the host (never the path or query, which may hold
+    /// the token) and the last failure.
+    fn unreachable(&self, family: Family, url: &Url, last: &str) -> ApiError {
+        let (service, key) = family.service();
+        let host = match (url.host_str(), url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => "(no host)".to_string(),
+        };
+        ApiError::Unreachable {
+            service,
+            host,
+            key,
+            failures: self.breaker(family).after,
+            last: self.scrub(last),
+        }
+    }
+
     fn count(&self, f: Family) {
         let c = &self.inner.counters;
         match f {
@@ -474,7 +581,11 @@ impl ApiClient {
         // Throttles get their own, larger budget: they mean "slower", not "broken".
         let max_throttles = max_retries.saturating_mul(2).saturating_add(2);
         let (mut attempts, mut throttles, mut retries, mut timeouts) = (0u32, 0u32, 0u32, 0u32);
+        let breaker = self.breaker(family);
         loop {
+            if let Some(last) = breaker.tripped() {
+                return Err(self.unreachable(family, &url, &last));
+            }
             attempts += 1;
             let pacer = self.pacer(family);
             pacer.ready().await;
@@ -492,8 +603,18 @@ impl ApiClient {
                 req = req.header(header::AUTHORIZATION, self.inner.auth_header.clone());
             }
             let outcome = match req.send().await {
-                Err(e) => Err(self.scrub(&error_chain(&e.without_url()))),
+                Err(e) => {
+                    let no_answer = e.is_connect() || e.is_timeout();
+                    let message = self.scrub(&error_chain(&e.without_url()));
+                    if no_answer {
+                        breaker.failed(&message);
+                    } else {
+                        breaker.answered();
+                    }
+                    Err(message)
+                }
                 Ok(resp) => {
+                    breaker.answered();
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     if family == Family::Tiles
@@ -510,7 +631,15 @@ impl ApiClient {
                             tracing::warn!(family = family.name(), url = %safe_url, cap, "response over the size cap");
                             return Err(ApiError::TooLarge { context: context.to_string() });
                         }
-                        Err(ReadError::Http(e)) => Err(self.scrub(&error_chain(&e.without_url()))),
+                        Err(ReadError::Http(e)) => {
+                            let timed_out = e.is_timeout();
+                            let message = self.scrub(&error_chain(&e.without_url()));
+                            // A body that stops arriving until the timeout counts like no answer.
+                            if timed_out {
+                                breaker.failed(&message);
+                            }
+                            Err(message)
+                        }
                     }
                 }
             };
@@ -577,6 +706,9 @@ impl ApiClient {
                     }
                 }
             };
+            if let Some(last) = breaker.tripped() {
+                return Err(self.unreachable(family, &url, &last));
+            }
             if retries >= max_retries {
                 return Err(ApiError::Transient { context: context.to_string(), attempts, message });
             }
@@ -584,7 +716,11 @@ impl ApiClient {
             self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             let delay = retry_after.map_or_else(|| backoff(retries), |r| r.min(BACKOFF_CAP));
             tracing::warn!(family = family.name(), url = %safe_url, attempt = attempts, delay_ms = delay.as_millis() as u64, error = %message, "transient failure; retrying");
-            tokio::time::sleep(delay).await;
+            // A breaker tripped by another call ends this wait at once (checked at the loop's top).
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = breaker.wait_tripped() => {}
+            }
         }
     }
 }

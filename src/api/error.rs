@@ -23,6 +23,14 @@ pub enum ApiError {
     /// The HTTP client could not be built or a URL is invalid.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// The circuit breaker tripped: `failures` calls in a row of one API family could not connect
+    /// or timed out, so the host is down or unreachable from here and the run must stop.
+    #[error(
+        "{service} at {host} failed to connect or timed out {failures} times in a row (last: {last}); \
+         stopping the run: check the network, proxy or firewall and mapillary.{key} \
+         (mapillary.breaker_after = {failures}); the next run resumes where this one stopped"
+    )]
+    Unreachable { service: &'static str, host: String, key: &'static str, failures: u32, last: String },
     /// The tile server answered a tile request with its per-IP block (a redirect, or HTML where a
     /// tile should be, §13.1): no tile request may follow until the block is over.
     #[error("the tile server blocked this IP at {}: {detail}", at.format("%Y-%m-%dT%H:%M:%SZ"))]
@@ -33,6 +41,11 @@ impl ApiError {
     /// Whether this is an authentication failure that must stop the run.
     pub fn is_auth(&self) -> bool {
         matches!(self, ApiError::Auth { .. })
+    }
+
+    /// Whether the circuit breaker tripped (a host that does not answer): the run must stop.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ApiError::Unreachable { .. })
     }
 
     /// Whether this is the tile server's per-IP block.

@@ -35,6 +35,21 @@ fn f64_of(o: &Map<String, Value>, k: &str) -> Option<f64> {
     o.get(k).and_then(Value::as_f64)
 }
 
+/// Lowest and highest altitude, in metres, that a camera on the ground can report.
+const ALTITUDE_RANGE: std::ops::RangeInclusive<f64> = -1_000.0..=10_000.0;
+
+/// An altitude in metres, or `None` when it cannot be one. The live service sometimes sends a
+/// negative EXIF altitude wrapped to an unsigned 32-bit integer (`4294967281` for −15 m, §13.10 of
+/// the API notes): whole numbers in 2^31..2^32 are unwrapped. Whatever then lies outside
+/// [`ALTITUDE_RANGE`] is dropped (stored as NULL) rather than stored as a wrong height.
+fn altitude_of(o: &Map<String, Value>, k: &str) -> Option<f64> {
+    const TWO_31: f64 = 2_147_483_648.0;
+    const TWO_32: f64 = 4_294_967_296.0;
+    let v = f64_of(o, k)?;
+    let v = if (TWO_31..TWO_32).contains(&v) && v.fract() == 0.0 { v - TWO_32 } else { v };
+    ALTITUDE_RANGE.contains(&v).then_some(v)
+}
+
 fn str_of(o: &Map<String, Value>, k: &str) -> Option<String> {
     o.get(k).and_then(Value::as_str).map(str::to_string)
 }
@@ -104,8 +119,8 @@ pub fn parse_image(v: &Value) -> Result<ImageDetails, String> {
         model: str_of(o, "model"),
         width: i32_of(o, "width"),
         height: i32_of(o, "height"),
-        altitude: f64_of(o, "altitude"),
-        computed_altitude: f64_of(o, "computed_altitude"),
+        altitude: altitude_of(o, "altitude"),
+        computed_altitude: altitude_of(o, "computed_altitude"),
         quality_score: f64_of(o, "quality_score"),
         sequence_id: match o.get("sequence") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -329,6 +344,27 @@ mod tests {
                 Some(42)
             ]
         );
+    }
+
+    #[test]
+    fn wrapped_altitudes_and_float_merge_cc() {
+        let alt = |v: Value| parse_image(&serde_json::json!({"id": "1", "altitude": v})).unwrap().altitude;
+        assert_eq!(alt(serde_json::json!(4_294_967_281u64)), Some(-15.0));
+        assert_eq!(alt(serde_json::json!(4_294_967_295u64)), Some(-1.0));
+        assert_eq!(alt(serde_json::json!(1364.617)), Some(1364.617));
+        assert_eq!(alt(serde_json::json!(-12.5)), Some(-12.5));
+        // Wrapped far below sea level, or simply absurd: no altitude rather than a wrong one.
+        assert_eq!(alt(serde_json::json!(2_147_483_648u64)), None);
+        assert_eq!(alt(serde_json::json!(4_294_967_296u64)), None);
+        assert_eq!(alt(serde_json::json!(25_000.0)), None);
+        assert_eq!(alt(serde_json::json!("high")), None);
+        // `merge_cc` arrives as a float (every JOSM capture); it is not stored, and must not
+        // make the image unparseable.
+        let v: Value =
+            serde_json::from_str(r#"{"id":"2","merge_cc":4.546427159383e+18,"altitude":4294967281}"#)
+                .unwrap();
+        let i = parse_image(&v).unwrap();
+        assert_eq!((i.id, i.altitude), (ImageId(2), Some(-15.0)));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct ApiSettings {
     pub max_retries: u32,
     pub search_per_minute: u32,
     pub entity_per_minute: u32,
+    /// Calls of one family in a row that fail to connect or time out before the circuit breaker
+    /// trips and every further call of that family fails at once (`mapillary.breaker_after`).
+    pub breaker_after: u32,
 }
 
 /// The outcome of a tile request.
@@ -145,6 +148,7 @@ mod tests {
             max_retries: 1,
             search_per_minute: 1,
             entity_per_minute: 1,
+            breaker_after: 1,
         };
         assert!(!format!("{s:?}").contains("topsecretvalue"));
     }

@@ -151,6 +151,11 @@ impl RunMetrics {
                 r.not_modified as f64,
             );
             o.one(
+                "mly_harvest_run_deletion_checks",
+                "Graph calls made to confirm by id that records gone from their tile are gone.",
+                r.confirm as f64,
+            );
+            o.one(
                 "mly_harvest_run_response_bytes",
                 "Response bytes received in the last run.",
                 r.bytes as f64,
@@ -158,7 +163,9 @@ impl RunMetrics {
         }
         if let Some(p) = &self.process {
             o.family("mly_harvest_run_records", "Records of the last run by change (this process).");
-            for change in ["new", "changed", "deleted"] {
+            // missing_from_tile: kept although the tile no longer lists them (the Graph API still has
+            // them); moved_away: the Graph API places them in another tile now.
+            for change in ["new", "changed", "deleted", "missing_from_tile", "moved_away"] {
                 o.sample("mly_harvest_run_records", &[("change", change)], p[change].as_f64().unwrap_or(0.0));
             }
             o.family(
@@ -341,9 +348,11 @@ impl Watch {
             m.tiles = by.into_iter().map(|((ts, s), n)| (ts, s, n)).collect();
         }
         let day = self.budget_day.unwrap_or_else(|| Utc::now().date_naive());
-        // The per-schema budget has no app; the shared one (mly_harvest_global) is keyed by the
-        // token's app: pass its key here where this version computes one.
-        let used = super::tile_budget_used(&store, day, None).await?;
+        // The shared budget (mly_harvest_global) is keyed by the token's app: this token's app is
+        // what the run spent and what is left to it (no token: every app's tiles together).
+        let token = cfg.mapillary.access_token.expose();
+        let app = (!token.is_empty()).then(|| crate::budget::AppKey::from_token(token));
+        let used = super::tile_budget_used(&store, day, app.as_ref().map(|a| a.as_str())).await?;
         m.budget = Some((cfg.limits.tiles_per_day, used.unwrap_or(0)));
         m.last_success = super::last_success(&store).await?;
         store.pool().close().await;

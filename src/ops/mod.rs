@@ -2,6 +2,7 @@
 //! metrics file for cron/systemd runs ([`metrics`]), a picture of a run ([`report`]) and a styled
 //! QGIS project stored in the database ([`qgis`]).
 
+pub mod doctor;
 pub mod metrics;
 pub mod qgis;
 pub mod report;

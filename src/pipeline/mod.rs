@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{ApiClient, ApiCounters, ApiError, ApiSettings, TileResponse};
+use crate::budget;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
@@ -73,6 +74,9 @@ pub enum PipelineError {
     Jobs(#[from] JobsError),
     #[error("{0}")]
     Api(ApiError),
+    /// The circuit breaker tripped: an API host does not answer (the message names it).
+    #[error("{0}")]
+    Unreachable(String),
     /// The tile server blocked this IP (now, or in a run before and the block is not over).
     #[error("{}", .0.message())]
     Blocked(block::Block),
@@ -86,7 +90,7 @@ impl PipelineError {
         match self {
             PipelineError::Auth(_) => exit::AUTH,
             PipelineError::Store(_) | PipelineError::Jobs(_) => exit::DATABASE,
-            PipelineError::Api(_) => exit::API,
+            PipelineError::Api(_) | PipelineError::Unreachable(_) => exit::API,
             PipelineError::Blocked(_) => exit::BLOCKED,
             PipelineError::Internal(_) => exit::INTERNAL,
         }
@@ -231,10 +235,16 @@ struct Ctx {
     api: ApiClient,
     run: RunId,
     owner: String,
+    /// Whose tile budget and pace this run spends (the token's app).
+    app: budget::AppKey,
+    limits: budget::TileLimits,
     refresh_before: Option<chrono::DateTime<Utc>>,
     counters: Counters,
     /// Set when the run must stop claiming (signal, token refused, budget spent).
     stop: AtomicBool,
+    /// Set when the API stopped the run (token refused, host unreachable): tiles still waiting
+    /// for their pace slot do not start. (A spent budget lets granted tiles finish.)
+    halted: AtomicBool,
     /// Rows written when the tables were last analyzed (see `analyze_when_grown`).
     analyzed_at: AtomicU64,
     /// Where a tile server block is recorded for this run's tile server and machine.
@@ -252,10 +262,14 @@ enum TileEnd {
     Fail(String),
     /// The token was refused: stop everything.
     Auth(String),
+    /// The circuit breaker tripped (an API host does not answer): stop everything.
+    Unreachable(String),
     /// Another worker owns the tile now (our lease expired); nothing to do.
     LeaseLost,
     /// SIGINT/SIGTERM arrived before anything was written; the tile is released for the next run.
     Stopped,
+    /// The run stopped before the tile's slot came; it is handed back at the end of the run.
+    NotStarted,
     /// The tile read empty while the database holds live records for it: read it again later.
     Recheck,
     /// The tile server blocked this IP: stop every tile request. `recorded` when the block came
@@ -312,6 +326,7 @@ pub async fn sync(
             max_retries: cfg.mapillary.max_retries,
             search_per_minute: cfg.limits.search_per_minute,
             entity_per_minute: cfg.limits.entity_per_minute,
+            breaker_after: cfg.mapillary.breaker_after,
         })
         .map_err(PipelineError::Api)?;
         let refresh_before = opts
@@ -324,9 +339,15 @@ pub async fn sync(
             api,
             run,
             owner: jobs::owner_id(),
+            app: budget::AppKey::from_token(cfg.mapillary.access_token.expose()),
+            limits: budget::TileLimits {
+                per_day: cfg.limits.tiles_per_day,
+                per_minute: cfg.limits.tiles_per_minute,
+            },
             refresh_before,
             counters: Counters::default(),
             stop: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
             analyzed_at: AtomicU64::new(0),
             block_key,
             ignore_block: opts.ignore_block,
@@ -418,17 +439,33 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
         let stopping = ctx.stop.load(Ordering::Relaxed) || fatal.is_some();
         let room = concurrency.saturating_sub(in_flight.len());
         let allowed = opts.max_tiles.map_or(u64::MAX, |m| m.saturating_sub(started_tiles));
-        if !stopping && room > 0 && allowed > 0 {
+        // A block met by another process of the run: claim nothing more (and spend no budget).
+        let blocked = if !stopping && room > 0 && allowed > 0 && !ctx.ignore_block {
+            block::active(&ctx.store, &ctx.block_key).await?
+        } else {
+            None
+        };
+        if let Some(b) = blocked {
+            warn!("the tile server blocked this IP (recorded by another process); stopping");
+            ctx.stop.store(true, Ordering::Relaxed);
+            if fatal.is_none() {
+                fatal = Some(PipelineError::Blocked(b));
+            }
+        } else if !stopping && room > 0 && allowed > 0 {
             let want = (room as u64).min(allowed) as i64;
             let claimed = jobs::claim(&ctx.store, ctx.run, &ctx.owner, want, lease).await?;
-            let granted = if claimed.is_empty() {
-                0
+            let grant = if claimed.is_empty() {
+                budget::Grant::none()
             } else {
-                jobs::take_tile_budget(&ctx.store, day, ctx.cfg.limits.tiles_per_day, claimed.len() as u32)
-                    .await? as usize
+                // At most `concurrency` (a u32) tiles are claimed at once.
+                let n = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+                budget::take(&ctx.store, &ctx.app, day, ctx.limits, n).await?
             };
+            let granted_at = tokio::time::Instant::now();
             for (i, c) in claimed.into_iter().enumerate() {
-                if i >= granted {
+                // i < claimed.len() <= concurrency, a u32.
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                if i >= grant.tiles {
                     // Over budget: hand the tile back untouched for the next day's run. It was
                     // never tried, so the claim does not count as an attempt.
                     jobs::hand_back(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent").await?;
@@ -438,7 +475,15 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 }
                 started_tiles += 1;
                 let ctx2 = Arc::clone(ctx);
+                // The app's pace (limits.tiles_per_minute, across processes) gave this tile a slot.
+                let start = granted_at + grant.start_of(i);
                 in_flight.spawn(async move {
+                    tokio::time::sleep_until(start).await;
+                    // The API stopped the run (token refused, host unreachable) while this tile
+                    // waited for its slot: it spends no request (`jobs::release` hands it back).
+                    if ctx2.halted.load(Ordering::Relaxed) {
+                        return (c, TileEnd::NotStarted);
+                    }
                     let span = info_span!("tile", tileset = %c.tileset, tile = %c.tile);
                     let r = process_tile(&ctx2, &c).instrument(span).await;
                     (c, r)
@@ -497,7 +542,7 @@ async fn settle(
 ) -> Result<(), PipelineError> {
     match r {
         // A stopped tile stays leased to this process until `jobs::release` hands it back.
-        TileEnd::Written | TileEnd::LeaseLost | TileEnd::Stopped => {}
+        TileEnd::Written | TileEnd::LeaseLost | TileEnd::NotStarted | TileEnd::Stopped => {}
         TileEnd::Retry(msg) => {
             let retry = c.attempts < MAX_TILE_ATTEMPTS;
             warn!(tileset = %c.tileset, tile = %c.tile, attempts = c.attempts, retry, error = %msg, "tile failed");
@@ -550,9 +595,20 @@ async fn settle(
         }
         TileEnd::Auth(msg) => {
             ctx.stop.store(true, Ordering::Relaxed);
+            ctx.halted.store(true, Ordering::Relaxed);
             jobs::fail_tile(&ctx.store, ctx.run, c, &ctx.owner, "token refused", true).await?;
             if fatal.is_none() {
                 *fatal = Some(PipelineError::Auth(msg));
+            }
+        }
+        TileEnd::Unreachable(msg) => {
+            // Not the tile's fault: its lease stays until `jobs::release` at the end of the run
+            // hands it back without counting the attempt, so a down host never fails tiles.
+            ctx.stop.store(true, Ordering::Relaxed);
+            ctx.halted.store(true, Ordering::Relaxed);
+            if fatal.is_none() {
+                warn!(tileset = %c.tileset, tile = %c.tile, "API host unreachable; stopping the run");
+                *fatal = Some(PipelineError::Unreachable(msg));
             }
         }
     }
@@ -562,6 +618,9 @@ async fn settle(
 fn classify(e: ApiError) -> TileEnd {
     if e.is_auth() {
         return TileEnd::Auth(e.to_string());
+    }
+    if e.is_unreachable() {
+        return TileEnd::Unreachable(e.to_string());
     }
     match e {
         ApiError::Blocked { at, detail } => TileEnd::Blocked { at, detail, recorded: None },
@@ -659,6 +718,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     };
     let mut w = empty_write(ctx, c, new_etag, false);
     let enrich = ctx.cfg.harvest.enrich;
+    let far_edge: HashSet<i64> = decoded.far_edge.iter().copied().collect();
     // Live records the tile no longer lists. An empty, 403 or 404 answer is no proof that they
     // are gone (§13.3): such a tile is read again later in the run, then its records are checked
     // by id, and only those the Graph API confirms gone are tombstoned.
@@ -675,7 +735,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     w.vanished = cancellable(confirm_vanished(ctx, c, &vanished)).await?;
     let mut detections_fetched: Vec<i64> = Vec::new();
     if c.tileset.is_coverage() {
-        let mut d = diff(ctx, snapshot.live, decoded.images, true).await?;
+        let mut d = diff(ctx, snapshot.live, decoded.images, &far_edge, true).await?;
         // Detections need the image's size, so images lacking them are enriched again too.
         let lacking_here: Vec<i64> =
             d.rows.iter().map(|(r, _)| r.id()).filter(|id| lacking.contains(id)).collect();
@@ -703,7 +763,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
         w.sequences = decoded.sequences;
     } else {
-        let d = diff(ctx, snapshot.live, decoded.features, false).await?;
+        let d = diff(ctx, snapshot.live, decoded.features, &far_edge, false).await?;
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let e = cancellable(enrich::features(&ctx.api, c.tile, &d.located(), &d.needed)).await?;
@@ -874,10 +934,17 @@ impl<T: TileRecord> Diff<T> {
 /// Diffs a tile's records against the database: the tile's own live rows, plus rows elsewhere
 /// (records that moved in from another tile, or deleted ones coming back). A record needs
 /// enrichment when it is new, changed in the tile, revived, never enriched, or stale.
+///
+/// A record belongs to the tile that contains its position. Copies beyond the edge (the render
+/// buffer) never reach here (the decoder leaves them out); a record drawn exactly on the east or
+/// south edge (`far_edge`) is also the neighbour's first pixel, so when it is already live in
+/// another tile it stays there: it is not moved, rewritten or enriched from this tile, so it
+/// cannot flip between the two tiles from run to run.
 async fn diff<T: TileRecord>(
     ctx: &Ctx,
     live: HashMap<i64, Known>,
-    records: Vec<T>,
+    mut records: Vec<T>,
+    far_edge: &HashSet<i64>,
     images: bool,
 ) -> Result<Diff<T>, StoreError> {
     let mut known = live;
@@ -888,6 +955,20 @@ async fn diff<T: TileRecord>(
         } else {
             ctx.store.known_features(&others).await?
         };
+        if !far_edge.is_empty() {
+            let elsewhere: HashSet<i64> = more
+                .iter()
+                .filter(|(id, k)| !k.deleted && far_edge.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            if !elsewhere.is_empty() {
+                debug!(
+                    records = elsewhere.len(),
+                    "edge records already live in the neighbouring tile stay there"
+                );
+                records.retain(|r| !elsewhere.contains(&r.id()));
+            }
+        }
         known.extend(more);
     }
     let rows: Vec<(T, i64)> = records

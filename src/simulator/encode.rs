@@ -5,31 +5,41 @@
 //! positional feature ids), so the harvester's decoder is exercised against the real format.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use geozero::mvt::tile::{Feature, GeomType, Layer, Value};
 use geozero::mvt::{Message, Tile};
 
 use crate::model::{FeatureKind, Tileset};
-use crate::simulator::world::{SimImage, TileWorld};
+use crate::simulator::world::{SimFeature, SimImage, SimSequence, TileWorld};
 use crate::tiles::{EXTENT, TileId};
 
 /// A pixel gap (at extent 4096) beyond which consecutive images of a sequence are drawn as
 /// separate line parts: the drive left the tile (or images in between were deleted or moved).
 const PART_BREAK_PX: i64 = 120;
 
-/// The MVT bytes of tileset `ts` for z14 tile content (empty Vec if the tile has nothing for that tileset).
+/// How far past a z14 tile's edge (in pixels of 4096) the render buffer reaches (§13.5: the live
+/// service repeats records near an edge in the neighbouring tile; its width is not known, 64 px is
+/// about 20–40 m).
+pub const RENDER_BUFFER_PX: f64 = 64.0;
+
+/// The MVT bytes of tileset `ts` for z14 tile content (empty Vec if the tile has nothing for that
+/// tileset), without render-buffer copies.
 pub fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
-    if ts == Tileset::Public
-        && let Some(bytes) = crate::simulator::world::fixture_tile_bytes(tw.tile)
-    {
-        return bytes;
-    }
+    encode_tile_buffered(tw, &[], ts)
+}
+
+/// Like [`encode_tile`], plus the render buffer: the records of `neighbours` (the surrounding
+/// z14 tiles' worlds) that lie within [`RENDER_BUFFER_PX`] of this tile's edge, drawn after the
+/// tile's own records at coordinates quantised to this tile and always outside [0, extent), so
+/// each record is inside exactly one tile (its home).
+pub fn encode_tile_buffered(tw: &TileWorld, neighbours: &[Arc<TileWorld>], ts: Tileset) -> Vec<u8> {
     let layers = match ts {
-        Tileset::Public => coverage_layers(tw, false),
-        Tileset::ComputedPublic => coverage_layers(tw, true),
-        Tileset::FeaturePoint => feature_layers(tw, FeatureKind::Point),
-        Tileset::FeatureTrafficSign => feature_layers(tw, FeatureKind::TrafficSign),
+        Tileset::Public => coverage_layers(tw, neighbours, false),
+        Tileset::ComputedPublic => coverage_layers(tw, neighbours, true),
+        Tileset::FeaturePoint => feature_layers(tw, neighbours, FeatureKind::Point),
+        Tileset::FeatureTrafficSign => feature_layers(tw, neighbours, FeatureKind::TrafficSign),
     };
     if layers.is_empty() {
         return Vec::new();
@@ -39,7 +49,7 @@ pub fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
 
 /// Hash key of an MVT value, so equal values are stored once per layer as real tiles do.
 #[derive(PartialEq, Eq, Hash)]
-enum ValueKey {
+pub(super) enum ValueKey {
     Int(i64),
     Double(u64),
     Bool(bool),
@@ -47,14 +57,14 @@ enum ValueKey {
 }
 
 /// Accumulates one layer's features, keys and deduplicated values.
-struct LayerBuilder {
-    layer: Layer,
+pub(super) struct LayerBuilder {
+    pub(super) layer: Layer,
     keys: HashMap<&'static str, u32>,
     values: HashMap<ValueKey, u32>,
 }
 
 impl LayerBuilder {
-    fn new(name: &str) -> LayerBuilder {
+    pub(super) fn new(name: &str) -> LayerBuilder {
         LayerBuilder {
             layer: Layer {
                 version: 2,
@@ -96,7 +106,13 @@ impl LayerBuilder {
     }
 
     /// Adds a feature; `props` must be in the (alphabetical) key order real tiles use.
-    fn push(&mut self, id: u64, ty: GeomType, geometry: Vec<u32>, props: Vec<(&'static str, ValueKey)>) {
+    pub(super) fn push(
+        &mut self,
+        id: u64,
+        ty: GeomType,
+        geometry: Vec<u32>,
+        props: Vec<(&'static str, ValueKey)>,
+    ) {
         let mut tags = Vec::with_capacity(props.len() * 2);
         for (k, v) in props {
             let ki = self.key(k);
@@ -116,20 +132,48 @@ fn command(id: u32, count: u32) -> u32 {
     (id & 0x7) | (count << 3)
 }
 
-/// The tile pixel of a position, rounded and clamped into the tile (positions are inside by construction;
-/// the clamp only guards rounding at the far edge).
-fn pixel(tile: TileId, lon: f64, lat: f64) -> (i64, i64) {
+/// The pixel of a record in its home tile: rounded, and kept inside [0, extent) so that a record
+/// near the far edge never lands on the neighbour's first pixel (a record is inside one tile only).
+pub fn home_pixel(tile: TileId, lon: f64, lat: f64) -> (i64, i64) {
     let (px, py) = tile.lonlat_to_pixel(lon, lat, EXTENT);
     let e = i64::from(EXTENT);
-    ((px.round() as i64).clamp(0, e), (py.round() as i64).clamp(0, e))
+    ((px.round() as i64).clamp(0, e - 1), (py.round() as i64).clamp(0, e - 1))
 }
 
-fn point_geometry(p: (i64, i64)) -> Vec<u32> {
+/// The pixel of a neighbour's record in this tile's render buffer, or `None` when it is farther
+/// than [`RENDER_BUFFER_PX`] (or inside the tile, which a neighbour's record never is). Coordinates
+/// outside the tile are rounded away from it: a copy is never inside [0, extent).
+fn buffer_pixel(tile: TileId, lon: f64, lat: f64) -> Option<(i64, i64)> {
+    let (px, py) = tile.lonlat_to_pixel(lon, lat, EXTENT);
+    let (e, b) = (f64::from(EXTENT), RENDER_BUFFER_PX);
+    let near = |v: f64| (-b..e + b).contains(&v);
+    let inside = |v: f64| (0.0..e).contains(&v);
+    if !near(px) || !near(py) || (inside(px) && inside(py)) {
+        return None;
+    }
+    let ei = i64::from(EXTENT);
+    let q = |v: f64| {
+        if v < 0.0 {
+            (v.round() as i64).min(-1)
+        } else if v >= e {
+            (v.round() as i64).max(ei + 1)
+        } else {
+            (v.round() as i64).clamp(0, ei - 1)
+        }
+    };
+    Some((q(px), q(py)))
+}
+
+fn pixel(tile: TileId, lon: f64, lat: f64) -> (i64, i64) {
+    home_pixel(tile, lon, lat)
+}
+
+pub(super) fn point_geometry(p: (i64, i64)) -> Vec<u32> {
     vec![command(1, 1), zigzag(p.0), zigzag(p.1)]
 }
 
 /// Encodes line parts (each ≥ 2 points) with one running cursor, as MVT requires.
-fn lines_geometry(parts: &[Vec<(i64, i64)>]) -> Vec<u32> {
+pub(super) fn lines_geometry(parts: &[Vec<(i64, i64)>]) -> Vec<u32> {
     let mut out = Vec::new();
     let mut cur = (0i64, 0i64);
     for part in parts {
@@ -147,12 +191,12 @@ fn lines_geometry(parts: &[Vec<(i64, i64)>]) -> Vec<u32> {
     out
 }
 
-fn image_position(img: &SimImage, computed: bool) -> (f64, f64) {
+pub(super) fn image_position(img: &SimImage, computed: bool) -> (f64, f64) {
     if computed { img.computed.unwrap_or((img.lon, img.lat)) } else { (img.lon, img.lat) }
 }
 
 /// Splits a sequence's in-tile pixels (capture order) into drawable parts.
-fn line_parts(points: &[(i64, i64)]) -> Vec<Vec<(i64, i64)>> {
+pub(super) fn line_parts(points: &[(i64, i64)]) -> Vec<Vec<(i64, i64)>> {
     let mut parts: Vec<Vec<(i64, i64)>> = Vec::new();
     let mut part: Vec<(i64, i64)> = Vec::new();
     for &p in points {
@@ -183,11 +227,42 @@ fn line_parts(points: &[(i64, i64)]) -> Vec<Vec<(i64, i64)>> {
         .collect()
 }
 
-fn coverage_layers(tw: &TileWorld, computed: bool) -> Vec<Layer> {
-    if tw.images.is_empty() {
+/// The properties of an image point, in the (alphabetical) key order of real tiles; the computed
+/// tileset also carries `foot` and `quality_score` (§13.6).
+fn image_props(img: &SimImage, computed: bool) -> Vec<(&'static str, ValueKey)> {
+    let mut props = vec![
+        ("captured_at", ValueKey::Int(img.captured_at_ms)),
+        ("compass_angle", ValueKey::Double(img.compass_angle.to_bits())),
+        ("creator_id", ValueKey::Int(img.creator_id)),
+    ];
+    if computed {
+        props.push(("foot", ValueKey::Bool(img.foot)));
+    }
+    props.push(("id", ValueKey::Int(img.id)));
+    props.push(("is_pano", ValueKey::Bool(img.is_pano)));
+    if let Some(org) = img.organization_id {
+        props.push(("organization_id", ValueKey::Int(org)));
+    }
+    if computed && let Some(q) = img.quality_score {
+        props.push(("quality_score", ValueKey::Double(q.to_bits())));
+    }
+    props.push(("sequence_id", ValueKey::Str(img.sequence_id.clone())));
+    props
+}
+
+fn coverage_layers(tw: &TileWorld, neighbours: &[Arc<TileWorld>], computed: bool) -> Vec<Layer> {
+    let tile = tw.tile;
+    let buffered: Vec<(&SimImage, (i64, i64))> = neighbours
+        .iter()
+        .flat_map(|n| n.images.iter())
+        .filter_map(|img| {
+            let (lon, lat) = image_position(img, computed);
+            buffer_pixel(tile, lon, lat).map(|p| (img, p))
+        })
+        .collect();
+    if tw.images.is_empty() && buffered.is_empty() {
         return Vec::new();
     }
-    let tile = tw.tile;
     let by_id: HashMap<i64, &SimImage> = tw.images.iter().map(|i| (i.id, i)).collect();
     let mut next_id = 0u64;
     let mut seq_layer = LayerBuilder::new("sequence");
@@ -206,51 +281,82 @@ fn coverage_layers(tw: &TileWorld, computed: bool) -> Vec<Layer> {
             })
             .collect();
         let parts = line_parts(&pts);
-        let mut props = vec![
-            ("captured_at", ValueKey::Int(seq.captured_at_ms)),
-            ("creator_id", ValueKey::Int(seq.creator_id)),
-            ("id", ValueKey::Str(seq.id.clone())),
-            ("image_id", ValueKey::Int(seq.image_ids.first().copied().unwrap_or(0))),
-            ("is_pano", ValueKey::Bool(seq.is_pano)),
-        ];
-        if let Some(org) = seq.organization_id {
-            props.push(("organization_id", ValueKey::Int(org)));
-        }
-        seq_layer.push(next_id, GeomType::Linestring, lines_geometry(&parts), props);
+        seq_layer.push(
+            next_id,
+            GeomType::Linestring,
+            lines_geometry(&parts),
+            sequence_props(seq, imgs[0], computed),
+        );
         next_id += 1;
     }
     let mut img_layer = LayerBuilder::new("image");
     for img in &tw.images {
         let (lon, lat) = image_position(img, computed);
-        let mut props = vec![
-            ("captured_at", ValueKey::Int(img.captured_at_ms)),
-            ("compass_angle", ValueKey::Double(img.compass_angle.to_bits())),
-            ("creator_id", ValueKey::Int(img.creator_id)),
-            ("id", ValueKey::Int(img.id)),
-            ("is_pano", ValueKey::Bool(img.is_pano)),
-        ];
-        if let Some(org) = img.organization_id {
-            props.push(("organization_id", ValueKey::Int(org)));
-        }
-        props.push(("sequence_id", ValueKey::Str(img.sequence_id.clone())));
-        img_layer.push(next_id, GeomType::Point, point_geometry(pixel(tile, lon, lat)), props);
+        img_layer.push(
+            next_id,
+            GeomType::Point,
+            point_geometry(pixel(tile, lon, lat)),
+            image_props(img, computed),
+        );
         next_id += 1;
     }
-    vec![seq_layer.layer, img_layer.layer]
+    for (img, p) in buffered {
+        img_layer.push(next_id, GeomType::Point, point_geometry(p), image_props(img, computed));
+        next_id += 1;
+    }
+    let mut layers = Vec::with_capacity(2);
+    if !seq_layer.layer.features.is_empty() {
+        layers.push(seq_layer.layer);
+    }
+    layers.push(img_layer.layer);
+    layers
 }
 
-fn feature_layers(tw: &TileWorld, kind: FeatureKind) -> Vec<Layer> {
+/// The properties of a sequence line; `first` is its first image in the tile (whose quality
+/// the computed tileset reports for the line).
+fn sequence_props(seq: &SimSequence, first: &SimImage, computed: bool) -> Vec<(&'static str, ValueKey)> {
+    let mut props = vec![
+        ("captured_at", ValueKey::Int(seq.captured_at_ms)),
+        ("creator_id", ValueKey::Int(seq.creator_id)),
+    ];
+    if computed {
+        props.push(("foot", ValueKey::Bool(seq.foot)));
+    }
+    props.push(("id", ValueKey::Str(seq.id.clone())));
+    props.push(("image_id", ValueKey::Int(seq.image_ids.first().copied().unwrap_or(0))));
+    props.push(("is_pano", ValueKey::Bool(seq.is_pano)));
+    if let Some(org) = seq.organization_id {
+        props.push(("organization_id", ValueKey::Int(org)));
+    }
+    if computed && let Some(q) = first.quality_score {
+        props.push(("quality_score", ValueKey::Double(q.to_bits())));
+    }
+    props
+}
+
+fn feature_props(f: &SimFeature) -> Vec<(&'static str, ValueKey)> {
+    vec![
+        ("first_seen_at", ValueKey::Int(f.first_seen_at_ms)),
+        ("id", ValueKey::Int(f.id)),
+        ("last_seen_at", ValueKey::Int(f.last_seen_at_ms)),
+        ("value", ValueKey::Str(f.value.clone())),
+    ]
+}
+
+fn feature_layers(tw: &TileWorld, neighbours: &[Arc<TileWorld>], kind: FeatureKind) -> Vec<Layer> {
     let mut layer = LayerBuilder::new(kind.as_str());
     let mut next_id = 0u64;
     for f in tw.features.iter().filter(|f| f.kind == kind) {
-        let props = vec![
-            ("first_seen_at", ValueKey::Int(f.first_seen_at_ms)),
-            ("id", ValueKey::Int(f.id)),
-            ("last_seen_at", ValueKey::Int(f.last_seen_at_ms)),
-            ("value", ValueKey::Str(f.value.clone())),
-        ];
-        layer.push(next_id, GeomType::Point, point_geometry(pixel(tw.tile, f.lon, f.lat)), props);
+        layer.push(next_id, GeomType::Point, point_geometry(pixel(tw.tile, f.lon, f.lat)), feature_props(f));
         next_id += 1;
+    }
+    for n in neighbours {
+        for f in n.features.iter().filter(|f| f.kind == kind) {
+            if let Some(p) = buffer_pixel(tw.tile, f.lon, f.lat) {
+                layer.push(next_id, GeomType::Point, point_geometry(p), feature_props(f));
+                next_id += 1;
+            }
+        }
     }
     if next_id == 0 { Vec::new() } else { vec![layer.layer] }
 }
@@ -365,10 +471,14 @@ mod tests {
         let want = schema(&real);
         let w = World::new(1);
         let tw = w.tile(suburb(), 0);
-        for ts in [Tileset::Public, Tileset::ComputedPublic] {
-            let got = schema(&encode_tile(&tw, ts));
-            assert_eq!(got, want, "{ts}");
+        assert_eq!(schema(&encode_tile(&tw, Tileset::Public)), want);
+        // The computed tileset adds `foot` and `quality_score` to both layers (§13.6).
+        let mut computed = want.clone();
+        for layer in &mut computed {
+            layer.3.insert("foot".into(), BTreeSet::from(["bool"]));
+            layer.3.insert("quality_score".into(), BTreeSet::from(["double"]));
         }
+        assert_eq!(schema(&encode_tile(&tw, Tileset::ComputedPublic)), computed);
     }
 
     #[test]

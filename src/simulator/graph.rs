@@ -5,8 +5,22 @@
 
 use serde_json::{Map, Value, json};
 
+use super::cdn::{Cdn, Thumb};
 use super::faults::splitmix;
 use super::world::{SimDetection, SimFeature, SimImage, SimUser, World};
+
+/// What rendering a Graph answer needs besides the record: the world (for edges), the epoch, the
+/// current time (URL expiry) and where image URLs point.
+pub struct Ctx<'a> {
+    /// The world.
+    pub world: &'a World,
+    /// Its epoch.
+    pub epoch: u32,
+    /// Seconds since the Unix epoch.
+    pub now_s: i64,
+    /// Image URL base and signing.
+    pub cdn: &'a Cdn,
+}
 
 /// A requested field the node type does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +96,8 @@ fn derived_id(id: i64, salt: u64) -> String {
     (100_000_000_000_000 + splitmix(id as u64 ^ salt) % 900_000_000_000_000).to_string()
 }
 
-/// A signed-looking Meta CDN URL with an `oe=` hex expiry, like the real `thumb_*_url`s.
+/// A signed-looking Meta CDN URL with an `oe=` hex expiry, for `mesh` and `sfm_cluster` (which the
+/// simulator does not serve; thumbnails are served, see [`Cdn`]).
 fn cdn_url(id: i64, salt: u64, stp: Option<&str>, now_s: i64) -> String {
     let h1 = splitmix(id as u64 ^ salt);
     let h2 = splitmix(h1);
@@ -95,18 +110,30 @@ fn cdn_url(id: i64, salt: u64, stp: Option<&str>, now_s: i64) -> String {
     )
 }
 
+/// Large integers (`merge_cc`) as the real service writes them: a JSON float of 14 significant
+/// digits (`4.546427159383e+18` in every JOSM capture), so the low digits are lost.
+fn big_int_as_float(n: u64) -> Value {
+    let rounded: f64 = format!("{:.13e}", n as f64).parse().unwrap_or(n as f64);
+    json!(rounded)
+}
+
+/// About one image in 200 reports its (negative) EXIF altitude wrapped to an unsigned 32-bit
+/// integer, as the live service does (§13.10: 4294967281 for −15 m).
+pub fn wrapped_altitude(id: i64) -> Option<u32> {
+    let h = splitmix(id as u64 ^ 0x616c_7469_7475_6465);
+    h.is_multiple_of(200).then(|| (-(1 + (h >> 32) as i64 % 40)) as i32 as u32)
+}
+
 /// Renders one image with the requested fields.
-pub fn image_json(
-    world: &World,
-    epoch: u32,
-    img: &SimImage,
-    f: &Fields,
-    now_s: i64,
-) -> Result<Value, UnknownField> {
+pub fn image_json(ctx: &Ctx<'_>, img: &SimImage, f: &Fields) -> Result<Value, UnknownField> {
+    let (world, epoch, now_s) = (ctx.world, ctx.epoch, ctx.now_s);
     object(f, |name| {
         Ok(match name {
             "id" => Some(Value::String(img.id.to_string())),
-            "altitude" => Some(json!(img.altitude)),
+            "altitude" => Some(match wrapped_altitude(img.id) {
+                Some(w) => json!(w),
+                None => json!(img.altitude),
+            }),
             "atomic_scale" => Some(json!(img.atomic_scale)),
             "camera_parameters" => (!img.camera_parameters.is_empty()).then(|| json!(img.camera_parameters)),
             "camera_type" => Some(json!(img.camera_type)),
@@ -124,7 +151,7 @@ pub fn image_json(
             "is_pano" => Some(json!(img.is_pano)),
             "make" => (!img.make.is_empty()).then(|| json!(img.make)),
             "model" => (!img.model.is_empty()).then(|| json!(img.model)),
-            "merge_cc" => Some(json!(img.merge_cc)),
+            "merge_cc" => Some(big_int_as_float(img.merge_cc)),
             "mesh" => img
                 .has_mesh
                 .then(|| json!({"id": derived_id(img.id, 1), "url": cdn_url(img.id, 11, None, now_s)})),
@@ -134,14 +161,13 @@ pub fn image_json(
             "organization" => img.organization_id.map(|o| json!({"id": o.to_string()})),
             "quality_score" => img.quality_score.map(|q| json!(q)),
             "sequence" => Some(json!(img.sequence_id)),
-            "thumb_256_url" => Some(json!(cdn_url(img.id, 3, Some("s256x192"), now_s))),
-            "thumb_1024_url" => Some(json!(cdn_url(img.id, 4, Some("s1024x768"), now_s))),
-            "thumb_2048_url" => Some(json!(cdn_url(img.id, 5, Some("s2048x1536"), now_s))),
-            "thumb_original_url" => Some(json!(cdn_url(img.id, 6, None, now_s))),
+            thumb @ ("thumb_256_url" | "thumb_1024_url" | "thumb_2048_url" | "thumb_original_url") => {
+                Thumb::from_field(thumb).map(|t| json!(ctx.cdn.url(img, t, now_s)))
+            }
             "detections" => {
                 let sub = f.sub_of("detections").unwrap_or_else(Fields::only_id);
                 let dets = world.detections_of_image(img.id, epoch).unwrap_or_default();
-                Some(detections_json(world, epoch, &dets, &sub)?)
+                Some(detections_json(ctx, &dets, &sub)?)
             }
             other => return Err(UnknownField { field: other.to_string(), node: "Image" }),
         })
@@ -149,13 +175,8 @@ pub fn image_json(
 }
 
 /// Renders one map feature with the requested fields.
-pub fn feature_json(
-    world: &World,
-    epoch: u32,
-    feat: &SimFeature,
-    f: &Fields,
-    now_s: i64,
-) -> Result<Value, UnknownField> {
+pub fn feature_json(ctx: &Ctx<'_>, feat: &SimFeature, f: &Fields) -> Result<Value, UnknownField> {
+    let (world, epoch) = (ctx.world, ctx.epoch);
     object(f, |name| {
         Ok(match name {
             "id" => Some(Value::String(feat.id.to_string())),
@@ -175,7 +196,7 @@ pub fn feature_json(
                 for id in &feat.image_ids {
                     let Some(img) = world.image(*id, epoch) else { continue };
                     data.push(match &sub {
-                        Some(sub) => image_json(world, epoch, &img, sub, now_s)?,
+                        Some(sub) => image_json(ctx, &img, sub)?,
                         None => json!({"geometry": point(img.lon, img.lat), "id": img.id.to_string()}),
                     });
                 }
@@ -184,7 +205,7 @@ pub fn feature_json(
             "detections" => {
                 let sub = f.sub_of("detections").unwrap_or_else(Fields::only_id);
                 let dets = world.detections_of_feature(feat.id, epoch).unwrap_or_default();
-                Some(detections_json(world, epoch, &dets, &sub)?)
+                Some(detections_json(ctx, &dets, &sub)?)
             }
             other => return Err(UnknownField { field: other.to_string(), node: "MapFeature" }),
         })
@@ -200,8 +221,10 @@ pub fn user_json(user: &SimUser, f: &Fields) -> Result<Value, UnknownField> {
     })
 }
 
-/// An object of the requested fields, in request order: `field` renders one (`None` when the
+/// An object of the requested fields (serde_json sorts keys): `field` renders one (`None` when the
 /// record has no value, which the API omits rather than sending null) or rejects an unknown name.
+/// `id` comes back whatever `fields` lists (§13.12: Vespucci asks `thumb_2048_url,computed_geometry`
+/// and gets `id` too).
 fn object(
     f: &Fields,
     mut field: impl FnMut(&str) -> Result<Option<Value>, UnknownField>,
@@ -212,16 +235,17 @@ fn object(
             m.insert(name.to_string(), v);
         }
     }
+    if !m.contains_key("id")
+        && let Some(v) = field("id")?
+    {
+        m.insert("id".to_string(), v);
+    }
     Ok(Value::Object(m))
 }
 
 /// Renders one detection.
-pub fn detection_json(
-    world: &World,
-    epoch: u32,
-    d: &SimDetection,
-    f: &Fields,
-) -> Result<Value, UnknownField> {
+pub fn detection_json(ctx: &Ctx<'_>, d: &SimDetection, f: &Fields) -> Result<Value, UnknownField> {
+    let (world, epoch) = (ctx.world, ctx.epoch);
     object(f, |name| {
         Ok(match name {
             "id" => Some(json!(d.id.to_string())),
@@ -239,13 +263,8 @@ pub fn detection_json(
 }
 
 /// `{"data":[...]}` of detections.
-pub fn detections_json(
-    world: &World,
-    epoch: u32,
-    dets: &[SimDetection],
-    f: &Fields,
-) -> Result<Value, UnknownField> {
-    let data = dets.iter().map(|d| detection_json(world, epoch, d, f)).collect::<Result<Vec<_>, _>>()?;
+pub fn detections_json(ctx: &Ctx<'_>, dets: &[SimDetection], f: &Fields) -> Result<Value, UnknownField> {
+    let data = dets.iter().map(|d| detection_json(ctx, d, f)).collect::<Result<Vec<_>, _>>()?;
     Ok(json!({ "data": data }))
 }
 
@@ -260,6 +279,19 @@ mod tests {
         assert_eq!(f.sub_of("detections"), Some(Fields::parse(Some("value,geometry"))));
         assert_eq!(f.sub_of("images"), None);
         assert_eq!(Fields::parse(None), Fields::only_id());
+    }
+
+    #[test]
+    fn merge_cc_is_a_14_digit_float_and_some_altitudes_wrap() {
+        assert_eq!(
+            big_int_as_float(4_546_427_159_383_000_001).to_string(),
+            "4.546427159383e+18",
+            "like the captures"
+        );
+        assert!(big_int_as_float(7).is_f64());
+        let wrapped: Vec<u32> = (0..20_000).filter_map(wrapped_altitude).collect();
+        assert!((60..140).contains(&wrapped.len()), "{}", wrapped.len());
+        assert!(wrapped.iter().all(|w| (4_294_967_256..=4_294_967_295).contains(w)));
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Offline simulator of the Mapillary API v4 (`mly-harvest simulate`).
 //!
 //! One port serves both hosts of the real service: the Graph API paths (`/{id}`, `/images`, ...)
-//! and the tile paths (`/maps/vtp/{tileset}/2/{z}/{x}/{y}`). Limitation: only z14 tiles carry
-//! data; lower zooms (the real `overview`/`sequence` layers) answer like empty tiles.
+//! and the tile paths (`/maps/vtp/{tileset}/2/{z}/{x}/{y}`).
+//!
+//! The simulator reads nothing outside its own binary at run time unless told to: the real
+//! captures it can serve come only from `--fixtures DIR`, read by its own code (`fixture`), never
+//! by the harvester's decoder.
 
+pub mod cdn;
 pub mod encode;
 pub mod faults;
+pub mod fixture;
+pub mod generalise;
 pub mod graph;
 pub mod limits;
 pub mod server;
@@ -31,6 +37,9 @@ pub enum SimError {
     /// The faults file is unusable.
     #[error("simulator: {0}")]
     Faults(#[from] faults::FaultsError),
+    /// The `--fixtures` directory does not hold a usable real capture.
+    #[error("simulator: --fixtures: {0}")]
+    Fixture(#[from] fixture::FixtureError),
     /// The access log could not be opened.
     #[error("simulator: while opening access log {path}: {source}")]
     AccessLog { path: String, source: std::io::Error },
@@ -58,6 +67,47 @@ pub enum EmptyTile {
     #[value(name = "mvt-empty")]
     MvtEmpty,
 }
+
+/// What `mly-harvest simulate --help` lists after the options: every behaviour of the service the
+/// simulator reproduces, on by default or switched by the faults file.
+pub const HELP: &str = "\
+Graph API behaviours (always on, like the live service):
+  - one trailing '/' accepted on every Graph and tile path (/{id}/, /{id}/detections/, /images/,
+    .../{z}/{x}/{y}/), as the official SDK sends them
+  - 'id' on every object whatever 'fields' lists; absent values omitted (never null)
+  - merge_cc as a JSON float of 14 significant digits (4.546427159383e+18); about one image in 200
+    reports altitude as an unsigned-wrapped int32 (4294967281 = -15 m)
+  - x-app-usage {\"call_count\":P,...} on answers to the app's own calls (a token it issued): P is
+    the percent of the family's quota those calls used
+  - /images with bbox: one page of at most 'limit' (<= 2000) records, no cursor; refused with
+    'Please reduce the amount of data' when filling the page means reading more than
+    --dense-limit matches (limit=1 on the densest bbox answers); bbox over 0.010 deg2 refused
+  - /images filters: creator_username, organization_id, sequence_id / sequence_ids (lists),
+    start_captured_at / end_captured_at (inclusive), is_pano, image_ids
+  - /images without bbox (image_ids, sequence_id(s) or creator_username; organization_id alone
+    is refused): newest first, pages of 'limit', paging.cursors.after and paging.next (a URL
+    without the token); no overlap between pages
+  - thumb_256/1024/2048/original_url: signed URLs on --public-url (default: the simulator's own
+    address) serving a flat JPEG of that exact width and height; no token needed; an expired
+    'oe=' (after --url-ttl) or altered URL answers 403 like the CDN
+
+Tile behaviours (/maps/vtp/TILESET/2/Z/X/Y):
+  - the token is taken only as ?access_token= ; a token only in the Authorization header (or none)
+    answers 403, like the live tile server (always on)
+  - z14: layers image + sequence (mly1_public, mly1_computed_public), point, traffic_sign; the
+    computed tileset draws SfM-computed positions and adds quality_score and foot (always on)
+  - z6-13: the sequence layer, z0-5: the overview layer, for both coverage tilesets, drawn from
+    per-z14 summaries of a sample of the z14 tiles (every one from z10 on); feature tilesets: z14 only
+  - render buffer: records within 64 px of a z14 tile's edge also appear in the neighbouring tile,
+    at coordinates quantised to it and outside [0, 4096) (on by default; --no-render-buffer: off)
+  - ETag / If-None-Match -> 304; tiles without data answer as --empty-tile says
+
+Files: nothing outside the binary is read unless named: --faults FILE, --access-log FILE, and
+--fixtures DIR (the real Zurich tile 14/8574/5735 served verbatim, its images on the Graph API).
+
+Where the real behaviour is unknown the simulator takes the harsher side: bbox searches match the
+tile pixel grid; an unknown id in ?ids= fails the whole request; 'Bearer' counts as no token.
+";
 
 /// The single token the simulator has "issued" unless `--token` says otherwise.
 pub const DEFAULT_TOKEN: &str = "MLY|4000000000000001|0123456789abcdef0123456789abcdef";
@@ -109,6 +159,24 @@ pub struct SimulateArgs {
     /// Most ids one `?ids=` / `image_ids=` call may name.
     #[arg(long, default_value_t = 50)]
     pub max_ids: usize,
+    /// Directory of the real captures (e.g. `../shared/fixtures/real`): the real Zürich tile
+    /// 14/8574/5735 is then served verbatim and its images answer on the Graph API. Without it
+    /// the simulator reads no file and every tile is synthetic.
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
+    /// Turn off the render buffer (on by default, like the real service): coverage images and
+    /// map features near a z14 tile's edge also appear in the neighbouring tile, at coordinates
+    /// quantised to that tile and lying outside [0, 4096).
+    #[arg(long)]
+    pub no_render_buffer: bool,
+    /// Base of the URLs the simulator hands out (image URLs, `paging.next`), e.g. when it runs
+    /// behind a proxy; default: its own listening address.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Seconds an image URL stays valid after the Graph API hands it out (`oe=`); an expired URL
+    /// answers 403 like the CDN.
+    #[arg(long, value_name = "SECS", default_value_t = cdn::URL_TTL_SECS)]
+    pub url_ttl: i64,
 }
 
 impl SimulateArgs {
@@ -128,6 +196,10 @@ impl SimulateArgs {
             empty_tile: EmptyTile::Empty200,
             dense_limit: 5000,
             max_ids: 50,
+            fixtures: None,
+            no_render_buffer: false,
+            public_url: None,
+            url_ttl: cdn::URL_TTL_SECS,
         }
     }
 }
@@ -138,7 +210,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimError> {
-    let state = Arc::new(server::AppState::new(args)?);
+    let local = listener.local_addr().map_err(|source| SimError::Bind { addr: args.listen, source })?;
+    let state = Arc::new(server::AppState::new(args, local)?);
     serve_state(state, listener, shutdown).await
 }
 
@@ -188,7 +261,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimError> {
         .map_err(|source| SimError::Bind { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: args.listen, source })?;
     // Validate everything before announcing readiness, so a bad faults file fails fast.
-    let state = Arc::new(server::AppState::new(&args)?);
+    let state = Arc::new(server::AppState::new(&args, addr)?);
     let shutdown = shutdown_signal()?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on http://{addr}");

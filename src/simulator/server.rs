@@ -22,9 +22,11 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::encode::encode_tile;
+use super::cdn::{self, Cdn};
+use super::encode::{encode_tile, encode_tile_buffered, home_pixel};
 use super::faults::{Fault, Faults, splitmix};
-use super::graph::{self, Fields, UnknownField};
+use super::generalise::{SummaryCache, encode_low_zoom};
+use super::graph::{self, Ctx, Fields, UnknownField};
 use super::limits::{Family, Limits};
 use super::world::{SimImage, World};
 use super::{EmptyTile, SimError, SimulateArgs};
@@ -41,6 +43,10 @@ const TILE_CACHE_ENTRIES: usize = 512;
 /// Shared state of the running simulator.
 pub struct AppState {
     world: Arc<World>,
+    /// Whether z14 tiles carry the neighbours' records near their edges (§13.5).
+    render_buffer: bool,
+    /// Per-z14 summaries that tiles below z14 are drawn from.
+    summaries: Mutex<SummaryCache>,
     epoch: u32,
     tokens: HashSet<String>,
     empty_tile: EmptyTile,
@@ -52,6 +58,12 @@ pub struct AppState {
     stats: Mutex<Stats>,
     tiles: Mutex<TileCache>,
     access_log: Option<Mutex<std::fs::File>>,
+    /// Base of the URLs the simulator hands out (`paging.next`, image URLs).
+    public_url: String,
+    cdn: Cdn,
+    /// The last global creator search: (username, epoch) and its images, newest first, so paging
+    /// through it does not regenerate the creator's tiles for every page.
+    creator_cache: Mutex<Option<CreatorSearch>>,
     /// The per-IP tile block of the faults file (§13.1).
     block: Mutex<BlockState>,
     /// Requests per (tileset, tile) so far, for `[tiles] transient_404`.
@@ -66,6 +78,9 @@ struct BlockState {
     /// The block lasts until then (each tile request during it pushes this on).
     until: Option<Instant>,
 }
+
+/// A finished global creator search: (username, epoch) and the images found.
+type CreatorSearch = ((String, u32), Arc<Vec<SimImage>>);
 
 #[derive(Debug)]
 struct Stats {
@@ -203,6 +218,12 @@ enum Route {
 
 impl Route {
     fn classify(path: &str) -> Route {
+        // The real service (and the official SDK, which builds every URL so) accepts one trailing
+        // slash on every Graph and tile path: `/{id}/`, `/images/`, `…/{z}/{x}/{y}/` (§13.11).
+        let path = match path.strip_suffix('/') {
+            Some(p) if !p.is_empty() => p,
+            _ => path,
+        };
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segs.as_slice() {
             ["__sim", "stats"] => Route::Stats,
@@ -281,9 +302,27 @@ fn empty_mvt() -> Vec<u8> {
 /// The position a point has after the tile encoder quantised it to its z14 tile's pixel grid: bbox
 /// searches must agree exactly with what the tiles show.
 fn tile_position(tile: TileId, lon: f64, lat: f64) -> (f64, f64) {
-    let (px, py) = tile.lonlat_to_pixel(lon, lat, EXTENT);
-    let e = f64::from(EXTENT);
-    tile.pixel_to_lonlat(px.round().clamp(0.0, e), py.round().clamp(0.0, e), EXTENT)
+    let (px, py) = home_pixel(tile, lon, lat);
+    tile.pixel_to_lonlat(px as f64, py as f64, EXTENT)
+}
+
+/// The (up to) eight tiles around `t`, wrapping across the antimeridian.
+fn neighbours8(t: TileId) -> Vec<TileId> {
+    let n = 1i64 << t.z;
+    let mut out = Vec::with_capacity(8);
+    for dy in -1i64..=1 {
+        for dx in -1i64..=1 {
+            let (x, y) = ((i64::from(t.x) + dx).rem_euclid(n), i64::from(t.y) + dy);
+            if (dx, dy) == (0, 0) || !(0..n).contains(&y) {
+                continue;
+            }
+            // x and y are within 0..2^z here, so they fit in u32.
+            if let Ok(nb) = TileId::new(t.z, x as u32, y as u32) {
+                out.push(nb);
+            }
+        }
+    }
+    out
 }
 
 /// The z14 tiles a bbox touches.
@@ -352,6 +391,95 @@ fn parse_bbox(s: &str) -> Result<Bbox, ApiError> {
     Ok(b)
 }
 
+/// The filters of `/images` besides `bbox`.
+struct ImageFilter {
+    image_ids: Option<Vec<i64>>,
+    sequences: Option<Vec<String>>,
+    creator: Option<String>,
+    organization: Option<i64>,
+    start: Option<i64>,
+    end: Option<i64>,
+    pano: Option<bool>,
+}
+
+impl ImageFilter {
+    fn parse(p: &Params, max_ids: usize) -> Result<ImageFilter, ApiError> {
+        let image_ids = p
+            .get("image_ids")
+            .map(|s| id_list(s, max_ids))
+            .transpose()?
+            // An id that is not a number names no image.
+            .map(|v| v.iter().filter_map(|id| id.parse().ok()).collect());
+        // The documentation says `sequence_ids`, the official SDK sends `sequence_id`: both work.
+        let sequences = p
+            .get("sequence_ids")
+            .or_else(|| p.get("sequence_id"))
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect());
+        let organization = p
+            .get("organization_id")
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::param("(#100) Param organization_id must be a valid ID"))
+            })
+            .transpose()?;
+        let pano = p
+            .get("is_pano")
+            .map(|v| match v.to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ApiError::param("(#100) Param is_pano must be a boolean")),
+            })
+            .transpose()?;
+        Ok(ImageFilter {
+            image_ids,
+            sequences,
+            creator: p.get("creator_username").map(str::to_string),
+            organization,
+            start: p.get("start_captured_at").map(parse_time).transpose()?,
+            end: p.get("end_captured_at").map(parse_time).transpose()?,
+            pano,
+        })
+    }
+
+    /// Whether `img` passes every filter (both ends of the capture-time range are inclusive).
+    fn matches(&self, img: &SimImage) -> bool {
+        self.image_ids.as_ref().is_none_or(|ids| ids.contains(&img.id))
+            && self.sequences.as_ref().is_none_or(|s| s.contains(&img.sequence_id))
+            && self.creator.as_ref().is_none_or(|c| *c == img.creator_username)
+            && self.organization.is_none_or(|o| img.organization_id == Some(o))
+            && self.start.is_none_or(|s| img.captured_at_ms >= s)
+            && self.end.is_none_or(|e| img.captured_at_ms <= e)
+            && self.pano.is_none_or(|v| img.is_pano == v)
+    }
+}
+
+/// An opaque paging cursor naming an image's place in the newest-first order.
+fn encode_cursor(img: &SimImage) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", img.captured_at_ms, img.id))
+}
+
+fn decode_cursor(c: &str) -> Option<(i64, i64)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c.trim()).ok()?;
+    let (t, id) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
+    Some((t.parse().ok()?, id.parse().ok()?))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn too_much_data() -> ApiError {
     ApiError::new(500, "Please reduce the amount of data you're asking for", "MLYApiException", 1)
 }
@@ -392,8 +520,9 @@ fn glob(pattern: &str, s: &str) -> bool {
 }
 
 impl AppState {
-    /// Builds the state from the command line (loads the faults file, opens the access log).
-    pub fn new(args: &SimulateArgs) -> Result<AppState, SimError> {
+    /// Builds the state from the command line (loads the faults file, opens the access log);
+    /// `local` is the address the simulator listens on (the default base of the URLs it hands out).
+    pub fn new(args: &SimulateArgs, local: SocketAddr) -> Result<AppState, SimError> {
         let faults = match &args.faults {
             Some(p) => Faults::load(p)?,
             None => Faults::none(),
@@ -411,8 +540,25 @@ impl AppState {
         let throttle_status = StatusCode::from_u16(args.throttle_status).map_err(|_| {
             SimError::BadArg(format!("--throttle-status {} is no HTTP status", args.throttle_status))
         })?;
+        let public_url = match &args.public_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => {
+                return Err(SimError::BadArg(format!("--public-url {u:?} is not an http(s) URL")));
+            }
+            None => format!("http://{local}"),
+        };
+        // Told explicitly where the captures are, a missing or unreadable tile is an error, not a
+        // silent switch to the synthetic world.
+        let fixture = args.fixtures.as_deref().map(super::world::Fixture::load).transpose()?;
         Ok(AppState {
-            world: Arc::new(World::new(args.seed)),
+            cdn: Cdn::new(&public_url, args.seed, args.url_ttl),
+            public_url,
+            creator_cache: Mutex::new(None),
+            world: Arc::new(World::with_fixture(args.seed, fixture)),
+            render_buffer: !args.no_render_buffer,
+            summaries: Mutex::new(SummaryCache::default()),
             epoch: args.epoch,
             tokens: args.token.iter().cloned().collect(),
             empty_tile: args.empty_tile,
@@ -462,6 +608,20 @@ impl AppState {
         })
     }
 
+    /// The tile server takes the token only as `?access_token=`; one sent only in an
+    /// `Authorization` header (or none at all) is refused with 403, as the live service does (§13.4).
+    fn check_tile_auth(&self, headers: &HeaderMap, p: &Params) -> Result<(), ApiError> {
+        if p.get("access_token").is_some() {
+            return self.check_auth(&HeaderMap::new(), p);
+        }
+        let msg = if headers.contains_key(header::AUTHORIZATION) {
+            "Tile requests take the access token only as the access_token query parameter"
+        } else {
+            "An access token is required to request this resource"
+        };
+        Err(ApiError::new(403, msg, "OAuthException", 190))
+    }
+
     fn check_auth(&self, headers: &HeaderMap, p: &Params) -> Result<(), ApiError> {
         if let Some(h) = headers.get(header::AUTHORIZATION) {
             let s = h.to_str().unwrap_or("");
@@ -492,7 +652,7 @@ impl AppState {
 
     /// The block answer when the faults file's per-IP block is on and this tile request falls in
     /// it: 302 to the login page, whose `next` echoes the request (token redacted).
-    fn block_answer(&self, p: &Params) -> Option<Response> {
+    fn block_answer(&self, path: &str, p: &Params) -> Option<Response> {
         let cfg = self.faults.block()?;
         let now = Instant::now();
         let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
@@ -517,10 +677,10 @@ impl AppState {
             p.0.iter()
                 .map(|(k, v)| if k == "access_token" { format!("{k}=REDACTED") } else { format!("{k}={v}") })
                 .collect();
-        let next: String = url_escape(&q.join("&"));
+        let next: String = url_escape(&format!("{path}?{}", q.join("&")));
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::FOUND;
-        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next=%3F{next}")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("https://www.mapillary.com/login/?next={next}")) {
             r.headers_mut().insert(header::LOCATION, v);
         }
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -558,8 +718,8 @@ impl AppState {
         if z > HARVEST_ZOOM {
             return Err(not_found("Tile zoom level out of range"));
         }
-        // Overview and sequence layers below z14 are not simulated; such tiles answer as empty.
-        if z < HARVEST_ZOOM {
+        // The map-feature tilesets exist at z14 only (§5.2).
+        if z < HARVEST_ZOOM && !tileset.is_coverage() {
             return Ok(self.empty_tile_response());
         }
         let key = (tileset, t, self.epoch);
@@ -567,9 +727,8 @@ impl AppState {
         let bytes = match cached {
             Some(b) => b,
             None => {
-                let world = self.world.clone();
-                let epoch = self.epoch;
-                let b = tokio::task::spawn_blocking(move || Bytes::from(encode_tile(&world.tile(t, epoch), tileset)))
+                let st = self.clone();
+                let b = tokio::task::spawn_blocking(move || st.render_tile(tileset, t))
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, tile = %format_args!("{}/{}/{}", t.z, t.x, t.y), "tile generation failed");
@@ -605,13 +764,37 @@ impl AppState {
         Ok(r)
     }
 
+    /// The bytes of a z14 tile (runs on the blocking pool: it may generate tiles of the world).
+    fn render_tile(&self, tileset: Tileset, t: TileId) -> Bytes {
+        if t.z < HARVEST_ZOOM {
+            let computed = tileset == Tileset::ComputedPublic;
+            return Bytes::from(encode_low_zoom(&self.world, &self.summaries, t, self.epoch, computed));
+        }
+        if tileset == Tileset::Public
+            && let Some(real) = self.world.verbatim_public_tile(t)
+        {
+            // A real capture is served as captured (it predates the render buffer).
+            return Bytes::copy_from_slice(real);
+        }
+        let tw = self.world.tile(t, self.epoch);
+        if !self.render_buffer {
+            return Bytes::from(encode_tile(&tw, tileset));
+        }
+        let neighbours: Vec<_> = neighbours8(t).into_iter().map(|n| self.world.tile(n, self.epoch)).collect();
+        Bytes::from(encode_tile_buffered(&tw, &neighbours, tileset))
+    }
+
+    fn ctx(&self, now_s: i64) -> Ctx<'_> {
+        Ctx { world: &self.world, epoch: self.epoch, now_s, cdn: &self.cdn }
+    }
+
     fn entity(&self, id: &str, f: &Fields, now_s: i64) -> Result<Value, ApiError> {
         let Ok(n) = id.parse::<i64>() else { return Err(ApiError::not_found(id)) };
         if let Some(img) = self.world.image(n, self.epoch) {
-            return Ok(graph::image_json(&self.world, self.epoch, &img, f, now_s)?);
+            return Ok(graph::image_json(&self.ctx(now_s), &img, f)?);
         }
         if let Some(feat) = self.world.map_feature(n, self.epoch) {
-            return Ok(graph::feature_json(&self.world, self.epoch, &feat, f, now_s)?);
+            return Ok(graph::feature_json(&self.ctx(now_s), &feat, f)?);
         }
         if let Some(user) = self.world.user(n) {
             return Ok(graph::user_json(&user, f)?);
@@ -644,7 +827,7 @@ impl AppState {
                     .detections_of_image(n, self.epoch)
                     .or_else(|| self.world.detections_of_feature(n, self.epoch))
                     .ok_or_else(|| ApiError::not_found(id))?;
-                Ok(graph::detections_json(&self.world, self.epoch, &dets, &f)?)
+                Ok(graph::detections_json(&self.ctx(now_s), &dets, &f)?)
             }
             Route::ImageIds => {
                 let Some(seq) = p.get("sequence_id") else {
@@ -661,52 +844,117 @@ impl AppState {
         }
     }
 
+    /// `/images`: a bbox search (one page, capped at `limit`, refused when the service would have
+    /// to read more than `--dense-limit` matches to fill it), or a search by `image_ids`,
+    /// `sequence_id(s)` or `creator_username` without a bbox (newest first, paged with
+    /// `paging.cursors.after` / `paging.next`). Every other parameter narrows either.
     fn search_images(&self, p: &Params, f: &Fields, now_s: i64) -> Result<Value, ApiError> {
         let limit = parse_limit(p)?;
-        let start = p.get("start_captured_at").map(parse_time).transpose()?;
-        let end = p.get("end_captured_at").map(parse_time).transpose()?;
-        let pano = p.get("is_pano").map(|v| v == "true");
-        let org = p.get("organization_id").map(|v| v.parse::<i64>().unwrap_or(-1));
-        let mut found: Vec<SimImage> = Vec::new();
-        if let Some(ids) = p.get("image_ids") {
-            for id in id_list(ids, self.max_ids)? {
-                if let Some(img) = id.parse().ok().and_then(|n| self.world.image(n, self.epoch)) {
-                    found.push(img);
-                }
-            }
-        } else if let Some(seqs) = p.get("sequence_ids").or_else(|| p.get("sequence_id")) {
-            for s in seqs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                if let Some(seq) = self.world.sequence(s, self.epoch) {
-                    found.extend(seq.image_ids.iter().filter_map(|i| self.world.image(*i, self.epoch)));
-                }
-            }
-        } else if let Some(b) = p.get("bbox") {
+        let filter = ImageFilter::parse(p, self.max_ids)?;
+        let ctx = self.ctx(now_s);
+        let render = |imgs: &[SimImage]| {
+            imgs.iter().map(|i| graph::image_json(&ctx, i, f)).collect::<Result<Vec<_>, _>>()
+        };
+        if let Some(b) = p.get("bbox") {
             let b = parse_bbox(b)?;
-            for t in tiles_of_bbox(&b) {
+            let mut found: Vec<SimImage> = Vec::new();
+            let mut read = 0usize;
+            'tiles: for t in tiles_of_bbox(&b) {
                 let tw = self.world.tile(t, self.epoch);
                 for img in &tw.images {
                     let (lon, lat) = tile_position(tw.tile, img.lon, img.lat);
-                    if b.contains(lon, lat) {
+                    if !b.contains(lon, lat) {
+                        continue;
+                    }
+                    // The volume refusal is about what the service must read to fill the answer
+                    // (§13.14: `limit=1` on the densest bbox answers): an answer that fills up
+                    // early reads little, a filter that rejects most of a dense area reads it all.
+                    read += 1;
+                    if read > self.dense_limit {
+                        return Err(too_much_data());
+                    }
+                    if filter.matches(img) {
                         found.push(img.clone());
-                        if found.len() > self.dense_limit {
-                            return Err(too_much_data());
+                        if found.len() == limit {
+                            break 'tiles;
                         }
                     }
                 }
             }
-        } else {
-            return Err(ApiError::param("(#100) One of bbox, image_ids or sequence_ids is required"));
+            return Ok(json!({ "data": render(&found)? }));
         }
-        let data = found
-            .iter()
-            .filter(|i| start.is_none_or(|s| i.captured_at_ms >= s))
-            .filter(|i| end.is_none_or(|e| i.captured_at_ms <= e))
-            .filter(|i| pano.is_none_or(|v| i.is_pano == v))
-            .filter(|i| org.is_none_or(|o| i.organization_id == Some(o)))
-            .take(limit)
-            .map(|i| graph::image_json(&self.world, self.epoch, i, f, now_s))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({ "data": data }))
+        let all: Arc<Vec<SimImage>> = if let Some(ids) = &filter.image_ids {
+            Arc::new(ids.iter().filter_map(|id| self.world.image(*id, self.epoch)).collect())
+        } else if let Some(seqs) = &filter.sequences {
+            let mut v = Vec::new();
+            for s in seqs {
+                if let Some(seq) = self.world.sequence(s, self.epoch) {
+                    v.extend(seq.image_ids.iter().filter_map(|i| self.world.image(*i, self.epoch)));
+                }
+            }
+            Arc::new(v)
+        } else if let Some(name) = &filter.creator {
+            self.creator_images(name)
+        } else {
+            return Err(ApiError::param(
+                "(#100) One of bbox, image_ids, sequence_ids or creator_username is required",
+            ));
+        };
+        let mut hits: Vec<&SimImage> = all.iter().filter(|i| filter.matches(i)).collect();
+        hits.sort_unstable_by_key(|i| std::cmp::Reverse((i.captured_at_ms, i.id)));
+        hits.dedup_by_key(|i| i.id);
+        let start = match p.get("after") {
+            None => 0,
+            Some(c) => {
+                let key = decode_cursor(c).ok_or_else(|| ApiError::param("(#100) Invalid cursor"))?;
+                // Newest first: the next page starts at the first image older than the cursor.
+                hits.partition_point(|i| (i.captured_at_ms, i.id) >= key)
+            }
+        };
+        let page: Vec<SimImage> = hits.iter().skip(start).take(limit).map(|i| (*i).clone()).collect();
+        let mut out = Map::new();
+        out.insert("data".into(), Value::Array(render(&page)?));
+        if let (Some(first), Some(last)) = (page.first(), page.last()) {
+            let after = encode_cursor(last);
+            let mut paging = json!({"cursors": {"before": encode_cursor(first), "after": after}});
+            if start + page.len() < hits.len() {
+                paging["next"] = json!(self.next_url("/images", p, &after));
+            }
+            out.insert("paging".into(), paging);
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// Every image of the creators called `name`, cached for the paging that follows.
+    fn creator_images(&self, name: &str) -> Arc<Vec<SimImage>> {
+        let key = (name.to_string(), self.epoch);
+        let mut cache = self.creator_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, v)) = cache.as_ref()
+            && *k == key
+        {
+            return v.clone();
+        }
+        let mut v = Vec::new();
+        for user in self.world.users_named(name) {
+            for t in self.world.creator_tiles(user) {
+                let tw = self.world.tile(t, self.epoch);
+                v.extend(tw.images.iter().filter(|i| i.creator_id == user).cloned());
+            }
+        }
+        let v = Arc::new(v);
+        *cache = Some((key, v.clone()));
+        v
+    }
+
+    /// The URL of the next page: this request without the token, with `after` set (§13.8).
+    fn next_url(&self, path: &str, p: &Params, after: &str) -> String {
+        let mut q: Vec<String> =
+            p.0.iter()
+                .filter(|(k, _)| k != "access_token" && k != "after")
+                .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+                .collect();
+        q.push(format!("after={}", pct(after)));
+        format!("{}{path}?{}", self.public_url, q.join("&"))
     }
 
     fn search_features(&self, p: &Params, f: &Fields, now_s: i64) -> Result<Value, ApiError> {
@@ -718,23 +966,30 @@ impl AppState {
         let values: Vec<&str> =
             p.get("object_values").map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default();
         let mut found = Vec::new();
-        for t in tiles_of_bbox(&b) {
+        let mut read = 0usize;
+        // As for images: refused when filling the answer means reading more than --dense-limit.
+        'tiles: for t in tiles_of_bbox(&b) {
             let tw = self.world.tile(t, self.epoch);
             for feat in &tw.features {
                 let (lon, lat) = tile_position(tw.tile, feat.lon, feat.lat);
-                if b.contains(lon, lat) && (values.is_empty() || values.iter().any(|v| glob(v, &feat.value)))
-                {
+                if !b.contains(lon, lat) {
+                    continue;
+                }
+                read += 1;
+                if read > self.dense_limit {
+                    return Err(too_much_data());
+                }
+                if values.is_empty() || values.iter().any(|v| glob(v, &feat.value)) {
                     found.push(feat.clone());
-                    if found.len() > self.dense_limit {
-                        return Err(too_much_data());
+                    if found.len() == limit {
+                        break 'tiles;
                     }
                 }
             }
         }
         let data = found
             .iter()
-            .take(limit)
-            .map(|x| graph::feature_json(&self.world, self.epoch, x, f, now_s))
+            .map(|x| graph::feature_json(&self.ctx(now_s), x, f))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(json!({ "data": data }))
     }
@@ -750,13 +1005,17 @@ impl AppState {
         let family = route.family();
         self.stats().requests[family as usize] += 1;
         // The block is per IP: it comes before the token is even looked at.
-        if family == Family::Tiles
-            && let Some(resp) = self.block_answer(&p)
+        if let Route::Tile { tileset, z, x, y } = &route
+            && let Some(resp) = self.block_answer(&format!("/maps/vtp/{tileset}/2/{z}/{x}/{y}"), &p)
         {
             self.count_fault("block");
             return (resp, Some("block"));
         }
-        if let Err(e) = self.check_auth(&headers, &p) {
+        let auth = match route {
+            Route::Tile { .. } => self.check_tile_auth(&headers, &p),
+            _ => self.check_auth(&headers, &p),
+        };
+        if let Err(e) = auth {
             return (e.into_response(), None);
         }
         let admission = self.stats().limits.admit(family, Instant::now());
@@ -827,10 +1086,32 @@ impl AppState {
         (resp, fault.map(Fault::name))
     }
 
+    /// Serves an image URL: a flat JPEG of the signed size, or the CDN's 403 for an expired or
+    /// forged URL.
+    fn image_bytes(&self, opaque: &str, p: &Params) -> Response {
+        let now_s = chrono::Utc::now().timestamp();
+        let refused = |why: cdn::CdnRefusal| {
+            let mut r = Response::new(Body::from(why.to_string()));
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        };
+        let req = match self.cdn.verify(opaque, &p.0, now_s) {
+            Ok(r) => r,
+            Err(why) => return refused(why),
+        };
+        let (Ok(w), Ok(h)) = (u16::try_from(req.width), u16::try_from(req.height)) else {
+            return refused(cdn::CdnRefusal::BadHash);
+        };
+        let mut r = Response::new(Body::from(cdn::flat_jpeg(w, h, cdn::grey_level(req.id))));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+        r
+    }
+
     fn log_request(
         &self,
         status: &str,
-        family: Family,
+        family: &str,
         ms: u128,
         path: &str,
         query: &str,
@@ -841,7 +1122,7 @@ impl AppState {
         let line = format!(
             "{} {status} {} {ms}ms {path}{q}{}\n",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            family.name(),
+            family,
             fault.map(|f| format!(" fault={f}")).unwrap_or_default()
         );
         let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -885,22 +1166,33 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
     }
     let params =
         Params(Query::<Vec<(String, String)>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default());
+    if let Some(opaque) = path.strip_prefix(cdn::PATH_PREFIX) {
+        // Image bytes come from the CDN: no token, no API quota, no API faults (§4.3, §7).
+        let resp = st.image_bytes(opaque, &params);
+        let status = resp.status().as_u16().to_string();
+        st.log_request(&status, "cdn", started.elapsed().as_millis(), &path, &query, None);
+        return resp;
+    }
     let family = route.family();
     let n = st.counter.fetch_add(1, Ordering::Relaxed);
     let conn = req.extensions().get::<ConnectInfo<ConnCtl>>().map(|c| c.0.clone());
     let headers = req.headers().clone();
+    // Only the app's own calls (a token the simulator issued) report the app's usage.
+    let app_call = st.check_auth(&headers, &params).is_ok();
     let (mut resp, fault) = st.process(route, n, params, headers, conn).await;
-    let usage = st.stats().limits.usage_percent(family, Instant::now());
-    let usage = format!("{{\"call_count\":{usage},\"total_cputime\":0,\"total_time\":0}}");
-    if let Ok(v) = HeaderValue::from_str(&usage) {
-        resp.headers_mut().insert("x-app-usage", v);
+    if app_call {
+        let usage = st.stats().limits.usage_percent(family, Instant::now());
+        let usage = format!("{{\"call_count\":{usage},\"total_cputime\":0,\"total_time\":0}}");
+        if let Ok(v) = HeaderValue::from_str(&usage) {
+            resp.headers_mut().insert("x-app-usage", v);
+        }
     }
     let status =
         if fault == Some("reset") { "reset".to_string() } else { resp.status().as_u16().to_string() };
     *st.stats().statuses.entry(status.clone()).or_default() += 1;
     let ms = started.elapsed().as_millis();
     tracing::debug!(status = %status, family = family.name(), ms = ms as u64, path = %path, "request");
-    st.log_request(&status, family, ms, &path, &query, fault);
+    st.log_request(&status, family.name(), ms, &path, &query, fault);
     resp
 }
 

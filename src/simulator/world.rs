@@ -3,10 +3,10 @@
 //! the cache) just that tile.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::model::{FeatureKind, Tileset};
+use crate::model::FeatureKind;
 use crate::simulator::encode::detection_geometry_b64;
 use crate::tiles::{HARVEST_ZOOM, TileId};
 
@@ -14,8 +14,12 @@ use crate::tiles::{HARVEST_ZOOM, TileId};
 pub struct World {
     seed: u64,
     cache: Mutex<Lru>,
+    /// The real capture served at [`FIXTURE_TILE`] (only when `--fixtures` names it).
+    fixture: Option<Fixture>,
     /// The fixture tile's world, built on first use; it is the same at every epoch.
-    fixture: OnceLock<Option<Arc<TileWorld>>>,
+    fixture_world: OnceLock<Option<Arc<TileWorld>>>,
+    /// Creator ids by username, built on first use.
+    usernames: OnceLock<HashMap<String, Vec<i64>>>,
 }
 
 /// Everything whose ORIGINAL geometry lies in one z14 tile.
@@ -63,6 +67,8 @@ pub struct SimImage {
     pub merge_cc: u64,
     /// Some images lack a mesh, as in the fixtures.
     pub has_mesh: bool,
+    /// Captured on foot (the computed tileset's `foot`).
+    pub foot: bool,
 }
 
 /// One sequence (a drive or walk).
@@ -76,6 +82,8 @@ pub struct SimSequence {
     pub is_pano: bool,
     pub creator_id: i64,
     pub organization_id: Option<i64>,
+    /// Captured on foot.
+    pub foot: bool,
 }
 
 /// One map feature (point or traffic sign).
@@ -150,91 +158,39 @@ impl Lru {
 // (no deletions, moves, uploads or recomputed positions), and it has no map features or detections
 // (no feature tiles were captured), so the feature tilesets answer empty there.
 
-/// The z14 tile the real fixture was captured at.
-pub const FIXTURE_TILE: TileId = TileId { z: 14, x: 8574, y: 5735 };
-/// File name of the fixture tile inside the fixtures directory.
-const FIXTURE_FILE: &str = "vespucci-mly1_public-14_8574_5735_2021.mvt";
-/// Environment variable naming the fixtures directory (default `<crate>/../shared/fixtures/real`).
-pub const FIXTURES_DIR_ENV: &str = "MLY_FIXTURES_DIR";
+pub use crate::simulator::fixture::FIXTURE_TILE;
+use crate::simulator::fixture::{FixtureError, FixtureTile};
 
-/// Errors while loading the fixture tile (each one makes the simulator fall back to the synthetic tile).
-#[derive(Debug, thiserror::Error)]
-pub enum FixtureError {
-    /// The file could not be read.
-    #[error("while reading fixture tile {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    /// The file is not a tile the crate's decoder accepts.
-    #[error("while decoding fixture tile {path}: {source}")]
-    Decode { path: String, source: crate::mvt::MvtError },
-}
-
-/// The loaded fixture: its bytes, decoded content, and the id index that routes lookups to it.
-struct Fixture {
-    bytes: Vec<u8>,
-    decoded: crate::model::DecodedTile,
+/// The loaded fixture (`--fixtures DIR`): its records and the id index that routes lookups to it.
+#[derive(Debug)]
+pub struct Fixture {
+    tile: FixtureTile,
     image_ids: HashSet<i64>,
     sequence_ids: HashSet<String>,
 }
 
-/// Path of the fixture tile: `$MLY_FIXTURES_DIR/<file>` or the shared fixtures next to the crate.
-fn fixture_path() -> PathBuf {
-    let dir = std::env::var_os(FIXTURES_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/real")));
-    dir.join(FIXTURE_FILE)
+impl Fixture {
+    /// Reads the real Zürich tile from `dir` with the simulator's own reader.
+    pub fn load(dir: &Path) -> Result<Fixture, FixtureError> {
+        let tile = crate::simulator::fixture::load(dir)?;
+        let image_ids = tile.images.iter().map(|i| i.id).collect();
+        let sequence_ids = tile
+            .images
+            .iter()
+            .filter_map(|i| i.sequence_id.clone())
+            .chain(tile.sequences.iter().map(|s| s.id.clone()))
+            .collect();
+        tracing::debug!(dir = %dir.display(), images = tile.images.len(), "loaded fixture tile");
+        Ok(Fixture { tile, image_ids, sequence_ids })
+    }
 }
 
-fn load_fixture(path: &Path) -> Result<Fixture, FixtureError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| FixtureError::Read { path: shown.clone(), source })?;
-    let decoded = crate::mvt::decode_tile(Tileset::Public, FIXTURE_TILE, &bytes)
-        .map_err(|source| FixtureError::Decode { path: shown, source })?;
-    let image_ids = decoded.images.iter().map(|i| i.id.0).collect();
-    let sequence_ids = decoded
-        .images
-        .iter()
-        .filter_map(|i| i.sequence_id.clone())
-        .chain(decoded.sequences.iter().map(|s| s.id.clone()))
-        .collect();
-    Ok(Fixture { bytes, decoded, image_ids, sequence_ids })
-}
-
-/// The fixture, loaded once per process; `None` (synthetic tile) if it is missing or unusable.
-fn fixture() -> Option<&'static Fixture> {
-    static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
-    FIXTURE
-        .get_or_init(|| {
-            let path = fixture_path();
-            match load_fixture(&path) {
-                Ok(f) => {
-                    tracing::debug!(path = %path.display(), images = f.decoded.images.len(), "loaded fixture tile");
-                    Some(f)
-                }
-                Err(FixtureError::Read { path, source }) => {
-                    // Missing fixtures are normal outside the workspace: the synthetic tile stands in.
-                    tracing::debug!(%path, error = %source, "fixture tile unavailable, serving the synthetic tile");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "fixture tile unusable, serving the synthetic tile");
-                    None
-                }
-            }
-        })
-        .as_ref()
-}
+/// The fixture of a world, if it has one (`None`: every tile is synthetic).
+type Fx<'a> = Option<&'a Fixture>;
 
 /// Whether `id` is an image of the real fixture tile (such ids never denote synthetic records).
-fn is_fixture_image(id: i64) -> bool {
-    fixture().is_some_and(|f| f.image_ids.contains(&id))
-}
-
-/// The real tile bytes served for `mly1_public` at this tile, if it is the fixture tile.
-pub fn fixture_tile_bytes(tile: TileId) -> Option<Vec<u8>> {
-    if tile != FIXTURE_TILE {
-        return None;
-    }
-    fixture().map(|f| f.bytes.clone())
+fn is_fixture_image(fx: Fx<'_>, id: i64) -> bool {
+    fx.is_some_and(|f| f.image_ids.contains(&id))
 }
 
 /// A stable 64-bit hash of a string (FNV-1a), for keying attributes of fixture sequences.
@@ -247,13 +203,13 @@ fn str_key(s: &str) -> u64 {
 fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
     let tile = FIXTURE_TILE;
     let frame = Frame::new(tile);
-    let seq_layer: HashMap<&str, &crate::model::TileSequence> =
-        fx.decoded.sequences.iter().map(|s| (s.id.as_str(), s)).collect();
-    let mut images: Vec<SimImage> = Vec::with_capacity(fx.decoded.images.len());
+    let seq_layer: HashMap<&str, &crate::simulator::fixture::FixtureSequence> =
+        fx.tile.sequences.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut images: Vec<SimImage> = Vec::with_capacity(fx.tile.images.len());
     let mut seen = HashSet::new();
-    for ti in &fx.decoded.images {
+    for ti in &fx.tile.images {
         // A repeated id would make lookups ambiguous; the first occurrence is the record.
-        if !seen.insert(ti.id.0) {
+        if !seen.insert(ti.id) {
             continue;
         }
         let seq_id = ti.sequence_id.clone().unwrap_or_default();
@@ -261,7 +217,7 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
         let is_pano = ti.is_pano.unwrap_or(false);
         let camera = if is_pano { 4 + (mix(sh ^ 2) % 2) as usize } else { (mix(sh ^ 2) % 4) as usize };
         let creator_id = user_id((mix(sh ^ 3) % USERS as u64) as i64);
-        let id = ti.id.0;
+        let id = ti.id;
         let mut rng = Rng(hash(seed, &[P_FIXTURE, id as u64]));
         let compass_angle = ti.compass_angle.unwrap_or(0.0);
         // SfM nudges the GPS position by well under a metre; stay inside the tile.
@@ -303,6 +259,8 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
             exif_orientation: sfm.exif_orientation,
             merge_cc: hash(seed, &[P_IMG, u64::from(tile.x), u64::from(tile.y)]) >> 1,
             has_mesh: sfm.has_mesh,
+            // The 2021 tile does not say; its drives are taken as drives.
+            foot: false,
         });
     }
     // Sequences: the tile's images of each, in capture order (ties by id).
@@ -323,6 +281,7 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
                 is_pano: layer.and_then(|s| s.is_pano).unwrap_or(first.is_pano),
                 creator_id: first.creator_id,
                 organization_id: layer.and_then(|s| s.organization_id).or(first.organization_id),
+                foot: false,
             }
         })
         .collect();
@@ -332,14 +291,39 @@ fn fixture_world(seed: u64, fx: &Fixture) -> TileWorld {
 }
 
 impl World {
-    /// A world determined entirely by `seed`.
+    /// A synthetic world determined entirely by `seed`.
     pub fn new(seed: u64) -> World {
-        World { seed, cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }), fixture: OnceLock::new() }
+        World::with_fixture(seed, None)
     }
 
-    /// The world of the real fixture tile, if the fixture is available.
+    /// A world determined by `seed` that serves the real capture `fixture` at its tile.
+    pub fn with_fixture(seed: u64, fixture: Option<Fixture>) -> World {
+        World {
+            seed,
+            cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }),
+            fixture,
+            fixture_world: OnceLock::new(),
+            usernames: OnceLock::new(),
+        }
+    }
+
+    fn fx(&self) -> Fx<'_> {
+        self.fixture.as_ref()
+    }
+
+    /// The world of the real fixture tile, if the fixture is loaded.
     fn fixture_tile(&self) -> Option<Arc<TileWorld>> {
-        self.fixture.get_or_init(|| fixture().map(|fx| Arc::new(fixture_world(self.seed, fx)))).clone()
+        self.fixture_world
+            .get_or_init(|| self.fixture.as_ref().map(|fx| Arc::new(fixture_world(self.seed, fx))))
+            .clone()
+    }
+
+    /// The real tile bytes served verbatim for `mly1_public` at this tile, if it is the fixture tile.
+    pub fn verbatim_public_tile(&self, tile: TileId) -> Option<&[u8]> {
+        if tile != FIXTURE_TILE {
+            return None;
+        }
+        self.fixture.as_ref().map(|f| f.tile.bytes.as_slice())
     }
 
     /// The content of z14 tile `tile` at `epoch` (cached); a deeper tile is taken as its z14 ancestor.
@@ -355,7 +339,7 @@ impl World {
         if let Some(tw) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
             return tw;
         }
-        let tw = Arc::new(generate(self.seed, tile, epoch));
+        let tw = Arc::new(generate(self.seed, self.fx(), tile, epoch));
         tracing::debug!(tile = %tile, epoch, images = tw.images.len(), "generated tile");
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).put(key, tw.clone());
         tw
@@ -365,17 +349,37 @@ impl World {
     pub fn expected_images(&self, tile: TileId) -> u32 {
         let tile = tile.ancestor_at(HARVEST_ZOOM);
         if tile == FIXTURE_TILE
-            && let Some(fx) = fixture()
+            && let Some(fx) = self.fx()
         {
             return fx.image_ids.len() as u32;
         }
         density(self.seed, tile)
     }
 
+    /// Whether the z14 tile can hold records, decided without generating it (tiles that only
+    /// receive a neighbour's movers answer `false`).
+    pub fn may_have_data(&self, tile: TileId) -> bool {
+        let tile = tile.ancestor_at(HARVEST_ZOOM);
+        if (tile == FIXTURE_TILE && self.fixture.is_some()) || density(self.seed, tile) > 0 {
+            return true;
+        }
+        // Movers arrive from busy neighbours (see `edge_sequence`).
+        (0..4u8).any(|e| neighbour(tile, e).is_some_and(|nb| density(self.seed, nb) >= 100))
+    }
+
+    /// The z14 tiles holding a city centre (the densest tiles of the world) that lie within `tile`.
+    pub fn city_cores_within(&self, tile: TileId) -> Vec<TileId> {
+        CITIES
+            .iter()
+            .map(|&(lon, lat)| TileId::containing(HARVEST_ZOOM, lon, lat))
+            .filter(|t| t.is_within(&tile))
+            .collect()
+    }
+
     /// The image with this id at `epoch`, or `None` if it never existed or was deleted.
     pub fn image(&self, id: i64, epoch: u32) -> Option<SimImage> {
         // Fixture ids also decode as synthetic ids (kind 0, some far-away tile): the index wins.
-        if is_fixture_image(id) {
+        if is_fixture_image(self.fx(), id) {
             let tw = self.fixture_tile()?;
             return tw.images.binary_search_by_key(&id, |i| i.id).ok().map(|i| tw.images[i].clone());
         }
@@ -386,7 +390,7 @@ impl World {
         if (LOCAL_EDGE..LOCAL_NEW).contains(&local) {
             // Movers are regenerated from their edge stream alone: they may sit in the neighbour.
             let edge = ((local - LOCAL_EDGE) / 64) as u8;
-            let (_, imgs) = edge_sequence(self.seed, tile, edge, epoch)?;
+            let (_, imgs) = edge_sequence(self.seed, self.fx(), tile, edge, epoch)?;
             return imgs.into_iter().find(|e| e.image.id == id).map(|e| e.image);
         }
         let tw = self.tile(tile, epoch);
@@ -396,7 +400,7 @@ impl World {
     /// The map feature with this id at `epoch`.
     pub fn map_feature(&self, id: i64, epoch: u32) -> Option<SimFeature> {
         // An id names one entity only: a fixture image is never also a synthetic feature.
-        if is_fixture_image(id) {
+        if is_fixture_image(self.fx(), id) {
             return None;
         }
         let (kind, tile, _) = split_id(id)?;
@@ -409,7 +413,7 @@ impl World {
 
     /// The sequence with this id at `epoch` (all of its surviving images, in capture order).
     pub fn sequence(&self, id: &str, epoch: u32) -> Option<SimSequence> {
-        if fixture().is_some_and(|f| f.sequence_ids.contains(id)) {
+        if self.fx().is_some_and(|f| f.sequence_ids.contains(id)) {
             let tw = self.fixture_tile()?;
             return tw
                 .sequences
@@ -419,7 +423,7 @@ impl World {
         }
         let (tile, kind, index) = parse_sequence_id(self.seed, id)?;
         if kind == SEQ_EDGE {
-            let (attrs, imgs) = edge_sequence(self.seed, tile, u8::try_from(index).ok()?, epoch)?;
+            let (attrs, imgs) = edge_sequence(self.seed, self.fx(), tile, u8::try_from(index).ok()?, epoch)?;
             let ids: Vec<i64> = imgs.iter().map(|e| e.image.id).collect();
             return (!ids.is_empty()).then(|| sim_sequence(&attrs, ids));
         }
@@ -429,7 +433,7 @@ impl World {
 
     /// The user with this id, if it is one of the world's creators.
     pub fn user(&self, id: i64) -> Option<SimUser> {
-        if is_fixture_image(id) {
+        if is_fixture_image(self.fx(), id) {
             return None;
         }
         let (kind, _, local) = split_id(id)?;
@@ -438,10 +442,76 @@ impl World {
             .then(|| SimUser { id, username: username(self.seed, id) })
     }
 
+    /// The ids of the world's creators called `name` (generated names can repeat).
+    pub fn users_named(&self, name: &str) -> Vec<i64> {
+        let names = self.usernames.get_or_init(|| {
+            let mut m: HashMap<String, Vec<i64>> = HashMap::new();
+            for k in 0..USERS {
+                let id = user_id(k);
+                m.entry(username(self.seed, id)).or_default().push(id);
+            }
+            m
+        });
+        names.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every z14 tile that can hold images of creator `user` at any epoch, sorted (a superset).
+    ///
+    /// Creators are local (see `seq_attrs`): a z8 region's sequences come from a band of 40
+    /// creators. The tiles are those with data in the regions whose band holds `user`, with a rim of
+    /// one tile (drives that moved across a region border), plus the real fixture tile, whose
+    /// creators are drawn from all users. Global searches by creator scan just these.
+    pub fn creator_tiles(&self, user: i64) -> Vec<TileId> {
+        let Some((KIND_USER, _, local)) = split_id(user) else { return Vec::new() };
+        let k = (local - 1) as u64;
+        let n = 1i64 << HARVEST_ZOOM;
+        let mut regions = HashSet::new();
+        for &(lon, lat) in &CITIES {
+            // Towns and country roads exist up to 200 km from a city (see `density`).
+            let dlat = 205.0 / 111.2;
+            let dlon = dlat / lat.to_radians().cos().max(0.05);
+            let x_of = |lon: f64| ((lon + 180.0) / 360.0 * n as f64).floor() as i64;
+            let (x0, x1) = (x_of(lon - dlon), x_of(lon + dlon));
+            let south = TileId::containing(HARVEST_ZOOM, lon, (lat - dlat).max(-85.0));
+            let north = TileId::containing(HARVEST_ZOOM, lon, (lat + dlat).min(85.0));
+            for x in x0..=x1 {
+                for y in i64::from(north.y)..=i64::from(south.y) {
+                    regions.insert((x.rem_euclid(n) >> 6, y >> 6));
+                }
+            }
+        }
+        let mut tiles = HashSet::new();
+        for (rx, ry) in regions {
+            let band = hash(self.seed, &[P_USER, ((rx as u64) << 16) | ry as u64]) % USERS as u64;
+            if (k + USERS as u64 - band) % USERS as u64 >= 40 {
+                continue;
+            }
+            for x in (rx << 6) - 1..=(rx << 6) + 64 {
+                for y in ((ry << 6) - 1).max(0)..=((ry << 6) + 64).min(n - 1) {
+                    let Ok(t) = TileId::new(HARVEST_ZOOM, x.rem_euclid(n) as u32, y as u32) else { continue };
+                    // A tile without data of its own can still receive a neighbour's drive.
+                    let busy_neighbour =
+                        (0..4u8).filter_map(|e| neighbour(t, e)).any(|nb| density(self.seed, nb) >= 100);
+                    if density(self.seed, t) > 0 || busy_neighbour {
+                        tiles.insert(t);
+                    }
+                }
+            }
+        }
+        tiles.insert(FIXTURE_TILE);
+        let mut tiles: Vec<TileId> = tiles.into_iter().collect();
+        tiles.sort_unstable_by_key(|t| (t.x, t.y));
+        tiles
+    }
+
     /// The detections in an image, or `None` if the image does not exist.
     pub fn detections_of_image(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
         self.image(id, epoch)?;
-        let tw = if is_fixture_image(id) { self.fixture_tile()? } else { self.tile(split_id(id)?.1, epoch) };
+        let tw = if is_fixture_image(self.fx(), id) {
+            self.fixture_tile()?
+        } else {
+            self.tile(split_id(id)?.1, epoch)
+        };
         let start = tw.detections.partition_point(|d| d.image_id < id);
         Some(tw.detections[start..].iter().take_while(|d| d.image_id == id).cloned().collect())
     }
@@ -909,6 +979,8 @@ struct SeqAttrs {
     speed: f64,
     step: f64,
     len: usize,
+    /// A walk (the plaza sequences), not a drive.
+    foot: bool,
 }
 
 fn user_id(k: i64) -> i64 {
@@ -948,6 +1020,7 @@ fn seq_attrs(
         speed,
         step,
         len: 40 + (mix(h ^ 10) % 360) as usize,
+        foot: pedestrian,
     }
 }
 
@@ -962,6 +1035,7 @@ fn username(seed: u64, id: i64) -> String {
 #[allow(clippy::too_many_arguments)] // every argument is one independent input of the record
 fn make_image(
     seed: u64,
+    fx: Fx<'_>,
     tile: TileId,
     frame: &Frame,
     local: i64,
@@ -972,7 +1046,7 @@ fn make_image(
 ) -> Option<SimImage> {
     let id = make_id(KIND_IMAGE, tile, local);
     // Ids are unique across the world: a synthetic image never takes a real fixture image's id.
-    if is_fixture_image(id) {
+    if is_fixture_image(fx, id) {
         return None;
     }
     let mut rng = Rng(hash(seed, &[P_IMG, id as u64]));
@@ -1021,6 +1095,7 @@ fn make_image(
         exif_orientation: sfm.exif_orientation,
         merge_cc: hash(seed, &[P_IMG, u64::from(tile.x), u64::from(tile.y)]) >> 1,
         has_mesh: sfm.has_mesh,
+        foot: seq.foot,
     })
 }
 
@@ -1066,10 +1141,16 @@ struct EdgeImage {
 /// The mover stream of one tile edge: a short drive along the edge, inside `tile`, whose images
 /// drift one by one into the neighbour (~3 % per epoch). Defined from the tile alone, so the
 /// neighbour computes its arrivals without generating this tile.
-fn edge_sequence(seed: u64, tile: TileId, edge: u8, epoch: u32) -> Option<(SeqAttrs, Vec<EdgeImage>)> {
+fn edge_sequence(
+    seed: u64,
+    fx: Fx<'_>,
+    tile: TileId,
+    edge: u8,
+    epoch: u32,
+) -> Option<(SeqAttrs, Vec<EdgeImage>)> {
     let nb = neighbour(tile, edge)?;
     // The fixture tile is a static real snapshot: no synthetic drives cross into or out of it.
-    if (tile == FIXTURE_TILE || nb == FIXTURE_TILE) && fixture().is_some() {
+    if (tile == FIXTURE_TILE || nb == FIXTURE_TILE) && fx.is_some() {
         return None;
     }
     if density(seed, tile) < 100 {
@@ -1095,7 +1176,7 @@ fn edge_sequence(seed: u64, tile: TileId, edge: u8, epoch: u32) -> Option<(SeqAt
         };
         let local = LOCAL_EDGE + i64::from(edge) * 64 + k;
         let sp = StreetPoint { x, y, bearing };
-        let Some(mut image) = make_image(seed, tile, &frame, local, &seq, k as usize, sp, epoch) else {
+        let Some(mut image) = make_image(seed, fx, tile, &frame, local, &seq, k as usize, sp, epoch) else {
             continue;
         };
         if !alive(seed, image.id, epoch) {
@@ -1132,6 +1213,7 @@ fn sim_sequence(seq: &SeqAttrs, image_ids: Vec<i64>) -> SimSequence {
         is_pano: seq.is_pano,
         creator_id: seq.creator_id,
         organization_id: seq.organization_id,
+        foot: seq.foot,
     }
 }
 
@@ -1165,7 +1247,7 @@ struct Placed {
     alive: bool,
 }
 
-fn generate(seed: u64, tile: TileId, epoch: u32) -> TileWorld {
+fn generate(seed: u64, fx: Fx<'_>, tile: TileId, epoch: u32) -> TileWorld {
     let n = density(seed, tile);
     let frame = Frame::new(tile);
     let mut images: Vec<SimImage> = Vec::new();
@@ -1190,7 +1272,7 @@ fn generate(seed: u64, tile: TileId, epoch: u32) -> TileWorld {
             let mut placed = Vec::with_capacity(points.len());
             for (i, sp) in points.into_iter().enumerate() {
                 let local = ((s as i64) << LOCAL_SEQ_BITS) | i as i64;
-                if let Some(image) = make_image(seed, tile, &frame, local, &attrs, i, sp, epoch) {
+                if let Some(image) = make_image(seed, fx, tile, &frame, local, &attrs, i, sp, epoch) {
                     let alive = alive(seed, image.id, epoch);
                     placed.push(Placed { image, street: sp, alive });
                 }
@@ -1207,11 +1289,11 @@ fn generate(seed: u64, tile: TileId, epoch: u32) -> TileWorld {
         for p in placed_seqs.into_iter().flatten().filter(|p| p.alive) {
             images.push(p.image);
         }
-        new_uploads(seed, tile, &frame, &grid, n, epoch, &mut images, &mut sequences);
+        new_uploads(seed, fx, tile, &frame, &grid, n, epoch, &mut images, &mut sequences);
     }
     // Edge movers: ours that stayed, and the neighbours' that arrived.
     for edge in 0..4u8 {
-        if let Some((attrs, imgs)) = edge_sequence(seed, tile, edge, epoch) {
+        if let Some((attrs, imgs)) = edge_sequence(seed, fx, tile, edge, epoch) {
             let ids = imgs.iter().map(|e| e.image.id).collect();
             let stayed: Vec<SimImage> = imgs.into_iter().filter(|e| !e.moved).map(|e| e.image).collect();
             if !stayed.is_empty() {
@@ -1220,7 +1302,7 @@ fn generate(seed: u64, tile: TileId, epoch: u32) -> TileWorld {
             }
         }
         let Some(nb) = neighbour(tile, edge) else { continue };
-        if let Some((attrs, imgs)) = edge_sequence(seed, nb, (edge + 2) % 4, epoch) {
+        if let Some((attrs, imgs)) = edge_sequence(seed, fx, nb, (edge + 2) % 4, epoch) {
             let ids = imgs.iter().map(|e| e.image.id).collect();
             let arrived: Vec<SimImage> = imgs.into_iter().filter(|e| e.moved).map(|e| e.image).collect();
             if !arrived.is_empty() {
@@ -1240,6 +1322,7 @@ fn generate(seed: u64, tile: TileId, epoch: u32) -> TileWorld {
 #[allow(clippy::too_many_arguments)] // plain inputs of one generation step
 fn new_uploads(
     seed: u64,
+    fx: Fx<'_>,
     tile: TileId,
     frame: &Frame,
     grid: &Grid,
@@ -1259,7 +1342,7 @@ fn new_uploads(
             let mut ids = Vec::new();
             for (i, sp) in points.into_iter().enumerate() {
                 let local = LOCAL_NEW + i64::from(ep - 1) * NEW_BLOCK + k as i64 * 256 + i as i64;
-                if let Some(image) = make_image(seed, tile, frame, local, &attrs, i, sp, epoch) {
+                if let Some(image) = make_image(seed, fx, tile, frame, local, &attrs, i, sp, epoch) {
                     ids.push(image.id);
                     images.push(image);
                 }
@@ -1378,6 +1461,13 @@ mod tests {
 
     fn malmo_core() -> TileId {
         TileId::containing(14, 13.0, 55.6)
+    }
+
+    const SHARED_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/real");
+
+    /// The real capture, read from the shared fixtures (tests only; at run time `--fixtures` names it).
+    fn test_fixture() -> Fixture {
+        Fixture::load(Path::new(SHARED_FIXTURES)).expect("the shared fixture tile loads")
     }
 
     /// A suburban tile: busy enough to have every kind of record, quick to generate.
@@ -1528,7 +1618,7 @@ mod tests {
         for edge in 0..4u8 {
             let b = neighbour(a, edge).expect("neighbour");
             let (ta, tb) = (w.tile(a, epoch), w.tile(b, epoch));
-            let (_, imgs) = edge_sequence(1 + 1, a, edge, epoch).expect("edge sequence");
+            let (_, imgs) = edge_sequence(1 + 1, None, a, edge, epoch).expect("edge sequence");
             for e in imgs.iter().filter(|e| e.moved) {
                 found += 1;
                 let id = e.image.id;
@@ -1554,12 +1644,29 @@ mod tests {
 
     #[test]
     fn fixture_tile_is_real_static_and_consistent() {
-        let Some(fx) = fixture() else { panic!("fixture tile not found at {}", fixture_path().display()) };
-        let real = std::fs::read(fixture_path()).expect("fixture");
-        let w = World::new(9);
+        let real = std::fs::read(Path::new(SHARED_FIXTURES).join(crate::simulator::fixture::FIXTURE_FILE))
+            .expect("fixture");
+        let w = World::with_fixture(9, Some(test_fixture()));
+        let fx = w.fixture.as_ref().expect("fixture");
+        // The simulator's own reading agrees with the harvester's decoder on every image.
+        let decoded = crate::mvt::decode_tile(Tileset::Public, FIXTURE_TILE, &real).expect("decodes");
+        assert_eq!(decoded.images.len(), fx.tile.images.len());
+        for (d, o) in decoded.images.iter().zip(&fx.tile.images) {
+            assert_eq!((d.id.0, d.lon, d.lat, d.captured_at_ms), (o.id, o.lon, o.lat, o.captured_at_ms));
+            assert_eq!(
+                (d.compass_angle, &d.sequence_id, d.is_pano),
+                (o.compass_angle, &o.sequence_id, o.is_pano)
+            );
+            assert_eq!(d.organization_id, o.organization_id);
+        }
+        assert_eq!(
+            decoded.sequences.iter().map(|s| (&s.id, s.captured_at_ms, s.is_pano)).collect::<Vec<_>>(),
+            fx.tile.sequences.iter().map(|s| (&s.id, s.captured_at_ms, s.is_pano)).collect::<Vec<_>>()
+        );
+        assert_eq!(w.verbatim_public_tile(FIXTURE_TILE), Some(real.as_slice()));
+        assert_eq!(w.verbatim_public_tile(neighbour(FIXTURE_TILE, 1).expect("east")), None);
         for epoch in [0, 1, 17] {
             let tw = w.tile(FIXTURE_TILE, epoch);
-            assert_eq!(encode_tile(&tw, Tileset::Public), real, "epoch {epoch}");
             assert!(encode_tile(&tw, Tileset::FeaturePoint).is_empty());
             assert!(encode_tile(&tw, Tileset::FeatureTrafficSign).is_empty());
         }
@@ -1569,14 +1676,14 @@ mod tests {
         // The real tile's images name 66 sequences; its `sequence` layer draws only the 51 with more
         // than 3 images here (shorter ones are left out), so the world's sequences follow the images.
         let img_seqs: HashSet<&str> =
-            fx.decoded.images.iter().filter_map(|i| i.sequence_id.as_deref()).collect();
+            fx.tile.images.iter().filter_map(|i| i.sequence_id.as_deref()).collect();
         assert_eq!(img_seqs.len(), 66);
-        assert_eq!(fx.decoded.sequences.len(), 51);
+        assert_eq!(fx.tile.sequences.len(), 51);
         assert_eq!(tw.sequences.iter().map(|s| s.id.as_str()).collect::<HashSet<_>>(), img_seqs);
         assert_eq!(w.expected_images(FIXTURE_TILE), 3012);
         // Every decoded tile image is a world image at the decoded position with the tile's attributes.
-        for ti in &fx.decoded.images {
-            let img = w.image(ti.id.0, 5).expect("fixture image by id");
+        for ti in &fx.tile.images {
+            let img = w.image(ti.id, 5).expect("fixture image by id");
             assert_eq!((img.lon, img.lat), (ti.lon, ti.lat));
             assert_eq!(Some(img.captured_at_ms), ti.captured_at_ms);
             assert_eq!(Some(img.compass_angle), ti.compass_angle);
@@ -1616,8 +1723,8 @@ mod tests {
 
     #[test]
     fn fixture_ids_never_resolve_to_synthetic_records() {
-        let Some(fx) = fixture() else { panic!("fixture tile not found at {}", fixture_path().display()) };
-        let w = World::new(1);
+        let w = World::with_fixture(1, Some(test_fixture()));
+        let fx = w.fixture.as_ref().expect("fixture");
         let mut far_tiles: HashSet<TileId> = HashSet::new();
         for id in &fx.image_ids {
             // What the synthetic scheme would make of the id: it must not be one of its records.
@@ -1635,7 +1742,7 @@ mod tests {
         // Neighbours keep no drive that crosses into the static fixture tile.
         for edge in 0..4u8 {
             let nb = neighbour(FIXTURE_TILE, edge).expect("neighbour");
-            assert!(edge_sequence(1, nb, (edge + 2) % 4, 40).is_none());
+            assert!(edge_sequence(1, w.fx(), nb, (edge + 2) % 4, 40).is_none());
             let tw = w.tile(nb, 40);
             assert!(tw.images.iter().all(|i| !FIXTURE_TILE.bounds().contains(i.lon, i.lat) || {
                 let (px, py) = FIXTURE_TILE.lonlat_to_pixel(i.lon, i.lat, crate::tiles::EXTENT);

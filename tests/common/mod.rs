@@ -59,9 +59,23 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 ARGS...` and waits for its ready line.
+    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 --fixtures <shared fixtures> ARGS...`
+    /// and waits for its ready line.
     pub fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(bin())
+        let fixtures = fixtures();
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--fixtures".as_ref(), fixtures.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        Sim::start_bare(&all, None)
+    }
+
+    /// Starts `mly-harvest simulate --listen 127.0.0.1:0 ARGS...` exactly as given (no fixtures),
+    /// in `cwd` when given, and waits for its ready line.
+    pub fn start_bare<S: AsRef<std::ffi::OsStr>>(args: &[S], cwd: Option<&std::path::Path>) -> Sim {
+        let mut cmd = Command::new(bin());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .args(["simulate", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -174,6 +188,9 @@ pub fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
         ("MAPILLARY_ACCESS_TOKEN", SIM_TOKEN),
         ("MLY_HARVEST__LEASE_SECS", "30"),
         ("MLY_MAPILLARY__TIMEOUT_SECS", "20"),
+        // The simulator is not the live tile server: no pace between tile requests (the default
+        // 20/min would make every test minutes long). Pacing has its own tests.
+        ("MLY_LIMITS__TILES_PER_MINUTE", "6000000"),
     ]
 }
 
