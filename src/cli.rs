@@ -327,10 +327,11 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 return Ok(exit::OK);
             }
             let code = status(&store, args).await?;
+            // Best effort: a read-only role may not see the shared block table; status still works.
             if !args.json
-                && let Some(b) =
+                && let Ok(Some(b)) =
                     pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
-                        .await?
+                        .await
             {
                 emit(&format!("{}\n", b.message()))?;
             }
