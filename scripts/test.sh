@@ -17,6 +17,12 @@ if [ -z "${MLY_SKIP_QGIS:-}" ] && ! /usr/bin/python3 -c 'import qgis.core' 2>/de
   as_root apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-qgis >&2
 fi
+# tests/sdk_conformance.rs installs the official Mapillary SDK into a venv (needs python3-venv).
+if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "test.sh: installing python3-venv (the SDK conformance test)" >&2
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >&2
+fi
 # The cargo-fuzz targets (fuzz/) must keep compiling against the crate. Fuzzing itself needs the
 # sanitizer build (RUSTC_BOOTSTRAP=1 cargo fuzz run ..., see README "Reliability"); CI type-checks them.
 # MLY_SKIP_FUZZ_CHECK=1 skips this for quick local runs.

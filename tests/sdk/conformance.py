@@ -59,9 +59,13 @@ def main():
     call("image_from_key", lambda: mly.image_from_key(inp["image_id"]))
     call("feature_from_key", lambda: mly.feature_from_key(inp["feature_id"]))
     call("get_detections_with_image_id", lambda: mly.get_detections_with_image_id(inp["image_id"]))
+    # The SDK's default `fields=None` crashes (`len(None)`) before any request, against the real
+    # API too: pass the SDK's own list of detection fields.
     call(
         "get_detections_with_map_feature_id",
-        lambda: mly.get_detections_with_map_feature_id(inp["feature_id"]),
+        lambda: mly.get_detections_with_map_feature_id(
+            inp["feature_id"], fields=["id", "created_at", "geometry", "image", "value"]
+        ),
     )
 
     def thumbnail():
