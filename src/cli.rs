@@ -47,6 +47,25 @@ pub mod exit {
 /// The most z14 tiles one run plans (each becomes a job row per tileset); the whole world is 2^28.
 pub const MAX_TILES_PER_RUN: u64 = 5_000_000;
 
+/// Regions whose tile requests take more days of the daily tile budget than this need `--yes`.
+pub const MAX_DAYS_WITHOUT_CONFIRM: f64 = 7.0;
+
+/// The most images per z14 tile `plan --images-per-tile` takes (the densest real tiles hold tens of
+/// thousands); it keeps the estimate's arithmetic far from overflow.
+pub const MAX_IMAGES_PER_TILE: u64 = 10_000_000;
+
+/// The oldest `--refresh-older-than` accepted: older than any Mapillary image.
+const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `--refresh-older-than` (humantime, e.g. `30d`), at most [`MAX_AGE`].
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_AGE {
+        return Err(format!("{s:?} is more than 100 years"));
+    }
+    Ok(d)
+}
+
 /// mly-harvest keeps a PostGIS database in step with Mapillary's street-level imagery.
 #[derive(Debug, Parser)]
 #[command(name = "mly-harvest", version, about)]
@@ -111,11 +130,11 @@ pub struct SyncArgs {
     /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
     #[arg(long)]
     pub yes: bool,
-    /// Re-enrich records enriched longer ago than this (e.g. 30d), within the quota.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Re-enrich records enriched longer ago than this (e.g. 30d, at most 100 years), within the quota.
+    #[arg(long, value_parser = parse_age)]
     pub refresh_older_than: Option<Duration>,
     /// Stop after this many tiles (for trying things out); the run resumes later.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN))]
     pub max_tiles: Option<u64>,
     /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
     #[arg(long, hide = true)]
@@ -142,8 +161,8 @@ pub struct PlanArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Images per z14 tile the estimate assumes.
-    #[arg(long, default_value_t = 2000)]
+    /// Images per z14 tile the estimate assumes (1 to 10,000,000).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES_PER_TILE))]
     pub images_per_tile: u64,
 }
 
@@ -176,6 +195,10 @@ pub enum CliError {
     Simulator(#[from] SimError),
     #[error("while writing output: {0}")]
     Output(#[from] serde_json::Error),
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("interrupted before the run started; nothing was changed")]
+    Interrupted,
     #[error(transparent)]
     Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error(transparent)]
@@ -186,16 +209,43 @@ impl CliError {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            // A broken token is refused like one the API refuses.
+            CliError::Config(ConfigError::Token) => exit::AUTH,
             CliError::Config(_) => exit::CONFIG,
             CliError::Region(_) | CliError::Input(_) => exit::INPUT,
             CliError::Store(_) | CliError::Jobs(_) => exit::DATABASE,
             CliError::Pipeline(e) => e.exit_code(),
             CliError::Simulator(_) => exit::INPUT,
             CliError::Output(_) => exit::INTERNAL,
+            CliError::Stdout(_) => exit::CONFIG,
+            CliError::Interrupted => exit::INTERRUPTED,
             CliError::Metrics(_) => exit::CONFIG,
             CliError::Ops(e) => e.exit_code(),
         }
     }
+}
+
+/// Writes command output to standard output. A closed pipe (`sync ... | head -1`) is not an
+/// error: the reader has what it wanted, so the command ends quietly with its own exit code. Any
+/// other failure (a full disk) is one error line and exit 3, like any output file.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    write_stdout(text).map_err(CliError::Stdout)
+}
+
+/// [`emit`] for modules with their own error type: a closed pipe is Ok, other failures are returned.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Text from the database or the user (region names, file names) made safe for a terminal:
+/// control characters (newlines, ANSI escapes) are shown escaped, never sent raw.
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Loads the config the way every command does: `--config`, then the process environment.
@@ -234,9 +284,9 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             let region = Region::resolve(&args.region, &cfg)?;
             let est = plan::estimate(&region, &cfg, args.images_per_tile);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&est)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&est)?))?;
             } else {
-                print!("{}", est.render());
+                emit(&est.render())?;
             }
             Ok(exit::OK)
         }
@@ -244,7 +294,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             let cfg = load_config(&cli)?;
             let store = connect(&cfg).await?;
             store.migrate().await?;
-            println!("schema {:?} is up to date", store.schema());
+            emit(&format!("schema {:?} is up to date\n", store.schema()))?;
             Ok(exit::OK)
         }
         Command::QgisProject(ref args) => {
@@ -263,29 +313,50 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
         Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
         Command::Status(ref args) => {
             let cfg = load_config(&cli)?;
-            let store = connect(&cfg).await?;
-            store.migrate().await?;
+            // Read-only: no migration, and the server refuses any write on these sessions.
+            let store = connect_read_only(&cfg).await?;
+            if !store.schema_exists().await? {
+                if args.json {
+                    emit("[]\n")?;
+                } else {
+                    emit(&format!(
+                        "no runs yet: schema {:?} does not exist in this database (sync or migrate creates it)\n",
+                        store.schema()
+                    ))?;
+                }
+                return Ok(exit::OK);
+            }
             let code = status(&store, args).await?;
+            // Best effort: a read-only role may not see the shared block table; status still works.
             if !args.json
-                && let Some(b) =
+                && let Ok(Some(b)) =
                     pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
-                        .await?
+                        .await
             {
-                println!("{}", b.message());
+                emit(&format!("{}\n", b.message()))?;
             }
             Ok(code)
         }
         Command::Sync(ref args) => {
+            // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.
+            pipeline::interrupt::listen();
             let cfg = load_config(&cli)?;
             let region = Region::resolve(&args.region, &cfg)?;
             let tiles = region.tile_count(HARVEST_ZOOM);
             if tiles == 0 {
                 return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
             }
-            if tiles > cfg.harvest.max_tiles_without_confirm && !args.yes {
+            // What needs confirming is what the run costs: tile requests (tiles x tilesets) and
+            // the days of tile budget they take.
+            let sets = cfg.harvest.tilesets.len() as u64;
+            let requests = tiles.saturating_mul(sets);
+            let days = requests as f64 / f64::from(cfg.limits.tiles_per_day);
+            if (requests > cfg.harvest.max_tiles_without_confirm || days > MAX_DAYS_WITHOUT_CONFIRM)
+                && !args.yes
+            {
                 return Err(CliError::Input(format!(
-                    "region {:?} covers {tiles} z14 tiles (more than harvest.max_tiles_without_confirm = {}); pass --yes to harvest it",
-                    region.name, cfg.harvest.max_tiles_without_confirm
+                    "region {:?} covers {tiles} z14 tiles x {sets} tilesets = {requests} tile requests, {days:.1} days of limits.tiles_per_day = {} (more than harvest.max_tiles_without_confirm = {} requests or {MAX_DAYS_WITHOUT_CONFIRM} days); pass --yes to harvest it",
+                    region.name, cfg.limits.tiles_per_day, cfg.harvest.max_tiles_without_confirm
                 )));
             }
             if tiles > MAX_TILES_PER_RUN {
@@ -294,8 +365,17 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                     region.name
                 )));
             }
-            let store = connect(&cfg).await?;
-            store.migrate().await?;
+            // Before the run exists there is nothing to clean up: an interrupt ends at once (a
+            // migration in flight rolls back with the connection).
+            let store = tokio::select! {
+                biased;
+                _ = pipeline::interrupt::wait() => return Err(CliError::Interrupted),
+                store = async {
+                    let store = connect(&cfg).await?;
+                    store.migrate().await?;
+                    Ok::<_, CliError>(store)
+                } => store?,
+            };
             let opts = SyncOptions {
                 refresh_older_than: args.refresh_older_than,
                 max_tiles: args.max_tiles,
@@ -304,7 +384,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 ignore_block: args.ignore_block,
             };
             let summary = pipeline::sync(&cfg, &store, &region, opts).await?;
-            println!("{}", summary.render());
+            emit(&format!("{}\n", summary.render()))?;
             Ok(summary.exit_code())
         }
     }
@@ -322,6 +402,18 @@ async fn connect(cfg: &Config) -> Result<Store, CliError> {
     Ok(Store::connect(url, &cfg.database.schema, cfg.database.max_connections).await?)
 }
 
+async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
+    let url = cfg.database.url.expose();
+    if url.is_empty() {
+        return Err(ConfigError::Value {
+            key: "database.url".into(),
+            problem: "is not set (set DATABASE_URL or database.url)".into(),
+        }
+        .into());
+    }
+    Ok(Store::connect_read_only(url, &cfg.database.schema, cfg.database.max_connections.min(2)).await?)
+}
+
 async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
     let runs = jobs::runs(store, 20).await?;
     let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
@@ -333,17 +425,21 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
         let tiles = jobs::run_tiles(store, jobs::RunId(r.id)).await?;
         out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>() }));
     }
+    let mut text = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        text = format!("{}\n", serde_json::to_string_pretty(&out)?);
     } else if runs.is_empty() {
-        println!("no runs yet");
+        text.push_str("no runs yet\n");
     } else {
+        use std::fmt::Write as _;
         for (r, o) in runs.iter().zip(&out) {
-            println!(
+            // Writing into a String cannot fail.
+            let _ = writeln!(
+                text,
                 "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",
                 r.id,
-                r.region_name,
-                r.status,
+                printable(&r.region_name),
+                printable(&r.status),
                 r.started_at,
                 r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
                 r.tiles_done,
@@ -354,15 +450,17 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
             );
             if let Some(tiles) = o["tiles"].as_array() {
                 for t in tiles {
-                    println!(
+                    let _ = writeln!(
+                        text,
                         "    {:<30} {:<8} {}",
-                        t["tileset"].as_str().unwrap_or(""),
-                        t["state"].as_str().unwrap_or(""),
+                        printable(t["tileset"].as_str().unwrap_or("")),
+                        printable(t["state"].as_str().unwrap_or("")),
                         t["count"]
                     );
                 }
             }
         }
     }
+    emit(&text)?;
     Ok(exit::OK)
 }

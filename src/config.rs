@@ -27,6 +27,12 @@ pub enum ConfigError {
     Tileset(String),
     #[error("config key {key}: {problem}")]
     Value { key: String, problem: String },
+    #[error("{a} and {b} are both set, to different values: set only one")]
+    Conflict { a: String, b: String },
+    #[error(
+        "the access token contains spaces or control characters inside it; check MAPILLARY_ACCESS_TOKEN / mapillary.access_token"
+    )]
+    Token,
 }
 
 /// A secret string (the access token) that never prints itself.
@@ -165,7 +171,7 @@ pub struct HarvestConfig {
     pub detections: bool,
     /// How long a worker holds a tile before another may take it.
     pub lease_secs: u64,
-    /// Regions of more z14 tiles than this need `--yes`.
+    /// Regions needing more tile requests (z14 tiles x tilesets) than this need `--yes`.
     pub max_tiles_without_confirm: u64,
     /// A tile that held live records and reads empty (or 403/404) is read again this many seconds
     /// later in the run (twice) before its records are checked by id.
@@ -210,50 +216,171 @@ fn de_tilesets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Tileset>, D::Error
 /// The default config file, read when present and no `--config` is given.
 pub const DEFAULT_FILE: &str = "mly-harvest.toml";
 
+/// A config file larger than this is refused (it is read with this cap, whatever its stated size).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 1] = ["harvest.tilesets"];
+
+/// Ranges of every count and duration: (key, min, max). Types give the rest (u32 keys cannot be
+/// negative); these keep values sane (a 317-year lease overflowed in the database).
+const RANGES: &[(&str, u64, u64)] = &[
+    ("mapillary.timeout_secs", 1, 3_600),
+    ("mapillary.max_retries", 0, 100),
+    ("database.max_connections", 1, 1_000),
+    ("limits.tiles_per_day", 1, u32::MAX as u64),
+    ("limits.search_per_minute", 1, u32::MAX as u64),
+    ("limits.entity_per_minute", 1, u32::MAX as u64),
+    ("limits.concurrency", 1, 1_024),
+    ("harvest.lease_secs", 3, 86_400),
+    // Up to a week: a block longer than that is not one this pause should model.
+    ("harvest.block_pause_secs", 1, 7 * 86_400),
+    ("harvest.recheck_secs", 0, 86_400),
+    ("harvest.max_tiles_without_confirm", 0, 10_000_000_000),
+];
+
+/// Reads a text file, refusing one larger than `cap` bytes while reading (a FIFO or /dev/zero
+/// states size 0, so the stated size proves nothing).
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is larger than {cap} bytes, the most that is read"),
+        ));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text"))
+}
+
+/// An environment value as a TOML value: a TOML literal (`8`, `true`, `2.7`, `"x"`) keeps its
+/// type, so the strict deserialisation below refuses `concurrency = true`; anything else is a
+/// string. List keys split on commas.
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    if LIST_KEYS.contains(&key) {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        );
+    }
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) if t.len() == 1 => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// The dotted key of an `MLY_<SECTION>__<KEY>` variable (`MLY_REGIONS__<NAME>__BBOX` for regions).
+fn env_key(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix("MLY_")?;
+    if !rest.contains("__") {
+        return None;
+    }
+    Some(rest.split("__").map(str::to_ascii_lowercase).collect())
+}
+
+/// Sets `path` (section, [name,] key) in the table, creating sections as needed.
+fn set_key(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err(ConfigError::Invalid(format!("{origin} names no key")));
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| ConfigError::Value {
+            key: p.clone(),
+            problem: format!("must be a table to take {origin}"),
+        })?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// One of two environment variables for the same key; both set to different values is an error,
+/// not a silent winner.
+fn one_of<'a>(
+    env: &'a BTreeMap<String, String>,
+    plain: &str,
+    mly: &str,
+) -> Result<Option<(&'a str, String)>, ConfigError> {
+    let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    match (get(plain), get(mly)) {
+        (Some(a), Some(b)) if a != b => Err(ConfigError::Conflict { a: plain.into(), b: mly.into() }),
+        (Some(a), _) => Ok(Some((a, plain.to_string()))),
+        (None, Some(b)) => Ok(Some((b, mly.to_string()))),
+        (None, None) => Ok(None),
+    }
+}
+
 impl Config {
     /// Loads the config: the file (explicit, or `./mly-harvest.toml` if present), then the
     /// environment. `env` is passed in so tests need not touch the process environment.
+    ///
+    /// Types are strict: TOML's own types and TOML literals in the environment are never
+    /// converted (`concurrency = true`, `2.7` or `"8"` is an error naming the key).
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let mut b = config::Config::builder();
-        let base_dir: Option<PathBuf>;
-        match file {
-            Some(p) => {
-                if !p.exists() {
-                    return Err(ConfigError::Missing(p.to_path_buf()));
-                }
-                b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
-                base_dir = p.parent().map(Path::to_path_buf);
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_FILE), false),
+        };
+        let mut table = toml::Table::new();
+        if path.exists() {
+            let text = read_capped(&path, MAX_CONFIG_BYTES)
+                .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
+            table = text.parse::<toml::Table>().map_err(|e| {
+                let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                ConfigError::Invalid(format!(
+                    "config file {}{}: {}",
+                    path.display(),
+                    line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                    e.message().trim()
+                ))
+            })?;
+        } else if required {
+            return Err(ConfigError::Missing(path));
+        }
+        let base_dir = file.and_then(Path::parent).map(Path::to_path_buf);
+
+        // Where each environment-set key came from, for error messages.
+        let mut origins: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in env {
+            if matches!(k.as_str(), "MLY_MAPILLARY__ACCESS_TOKEN" | "MLY_DATABASE__URL") {
+                continue; // below, with their plain twins
             }
-            None => {
-                let p = Path::new(DEFAULT_FILE);
-                b = b.add_source(config::File::from(p).format(config::FileFormat::Toml).required(false));
-                base_dir = None;
+            let Some(path) = env_key(k) else { continue };
+            let dotted = path.join(".");
+            set_key(&mut table, &path, env_value(&dotted, v), k)?;
+            origins.insert(dotted, k.clone());
+        }
+        for (plain, mly, section, key) in [
+            ("MAPILLARY_ACCESS_TOKEN", "MLY_MAPILLARY__ACCESS_TOKEN", "mapillary", "access_token"),
+            ("DATABASE_URL", "MLY_DATABASE__URL", "database", "url"),
+        ] {
+            if let Some((v, from)) = one_of(env, plain, mly)? {
+                let path = [section.to_string(), key.to_string()];
+                set_key(&mut table, &path, toml::Value::String(v.to_string()), &from)?;
+                origins.insert(path.join("."), from);
             }
         }
-        if let Some(t) = env.get("MAPILLARY_ACCESS_TOKEN").filter(|t| !t.is_empty()) {
-            b = b.set_override("mapillary.access_token", t.as_str()).map_err(invalid)?;
-        }
-        if let Some(u) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
-            b = b.set_override("database.url", u.as_str()).map_err(invalid)?;
-        }
-        // Only MLY_<SECTION>__<KEY> names are config keys (and an unknown one is an error); other
-        // MLY_ variables (MLY_LOG, MLY_CONFIG, the scripts' MLY_PGPORT, ...) are not ours to judge.
-        let mly: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.strip_prefix("MLY_").is_some_and(|rest| rest.contains("__")))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        b = b.add_source(
-            config::Environment::with_prefix("MLY")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("harvest.tilesets")
-                .source(Some(mly)),
-        );
-        let raw = b.build().map_err(invalid)?;
-        let mut cfg: Config = raw.try_deserialize().map_err(invalid)?;
+
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let from = origins.get(&key).map(|o| format!(" (from {o})")).unwrap_or_default();
+            ConfigError::Value { key: format!("{key}{from}"), problem: e.inner().message().to_string() }
+        })?;
+        // A token or URL pasted with a trailing newline is the same token or URL.
+        cfg.mapillary.access_token = Secret::new(cfg.mapillary.access_token.expose().trim());
+        cfg.database.url = Secret::new(cfg.database.url.expose().trim());
         // Relative GeoJSON paths in a config file are relative to that file.
         if let Some(dir) = base_dir {
             for r in cfg.regions.values_mut() {
@@ -267,23 +394,38 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        validate_identifier(&self.database.schema)?;
-        let positive = [
+        validate_schema(&self.database.schema)?;
+        let values = [
+            ("mapillary.timeout_secs", self.mapillary.timeout_secs),
+            ("mapillary.max_retries", u64::from(self.mapillary.max_retries)),
+            ("database.max_connections", u64::from(self.database.max_connections)),
             ("limits.tiles_per_day", u64::from(self.limits.tiles_per_day)),
             ("limits.tiles_per_minute", u64::from(self.limits.tiles_per_minute)),
             ("mapillary.breaker_after", u64::from(self.mapillary.breaker_after)),
             ("limits.search_per_minute", u64::from(self.limits.search_per_minute)),
             ("limits.entity_per_minute", u64::from(self.limits.entity_per_minute)),
             ("limits.concurrency", u64::from(self.limits.concurrency)),
-            ("mapillary.timeout_secs", self.mapillary.timeout_secs),
             ("harvest.lease_secs", self.harvest.lease_secs),
+            ("harvest.max_tiles_without_confirm", self.harvest.max_tiles_without_confirm),
             ("harvest.block_pause_secs", self.harvest.block_pause_secs),
-            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("harvest.recheck_secs", self.harvest.recheck_secs),
         ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err(ConfigError::Value { key: key.into(), problem: "must be greater than 0".into() });
+        for (key, v) in values {
+            let Some(&(_, min, max)) = RANGES.iter().find(|(k, _, _)| *k == key) else { continue };
+            if v < min || v > max {
+                let problem = if min == 1 && v == 0 {
+                    "must be greater than 0".to_string()
+                } else {
+                    format!("{v} is outside {min}..={max}")
+                };
+                return Err(ConfigError::Value { key: key.into(), problem });
             }
+        }
+        // The token goes into a header and a URL: anything but visible ASCII is a broken token
+        // (refused like any bad token), not a transport error.
+        let token = self.mapillary.access_token.expose();
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Token);
         }
         for (key, url) in [
             ("mapillary.graph_url", &self.mapillary.graph_url),
@@ -314,10 +456,6 @@ impl Config {
     }
 }
 
-fn invalid(e: config::ConfigError) -> ConfigError {
-    ConfigError::Invalid(e.to_string())
-}
-
 /// Checks that a configured SQL identifier is plain, so it can be quoted and used safely.
 pub fn validate_identifier(s: &str) -> Result<(), ConfigError> {
     let mut chars = s.chars();
@@ -325,6 +463,18 @@ pub fn validate_identifier(s: &str) -> Result<(), ConfigError> {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63;
     if ok { Ok(()) } else { Err(ConfigError::Schema(s.to_string())) }
+}
+
+/// Schemas PostgreSQL reserves: the harvester's tables never go there.
+pub fn validate_schema(s: &str) -> Result<(), ConfigError> {
+    validate_identifier(s)?;
+    if s.starts_with("pg_") || s == "information_schema" {
+        return Err(ConfigError::Value {
+            key: "database.schema".into(),
+            problem: format!("{s:?} is reserved by PostgreSQL; choose another schema name"),
+        });
+    }
+    Ok(())
 }
 
 static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());

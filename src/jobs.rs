@@ -13,7 +13,7 @@ use crate::tiles::TileId;
 /// Errors of job-state handling.
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
-    #[error("database error while {context}: {source}")]
+    #[error("database error while {context}: {}", crate::store::describe(source))]
     Query { context: String, source: sqlx::Error },
     #[error("lease lost on tile {tileset} {tile} (run {run}): another worker holds it now")]
     LeaseLost { run: RunId, tileset: Tileset, tile: TileId },
@@ -440,6 +440,38 @@ pub async fn defer_tile(
     .execute(store.pool())
     .await
     .map_err(q(format!("deferring {} tile {}", c.tileset, c.tile)))?;
+    if r.rows_affected() == 0 {
+        return Err(JobsError::LeaseLost { run, tileset: c.tileset, tile: c.tile });
+    }
+    Ok(())
+}
+
+/// Gives one claimed tile back untried (e.g. the daily budget is spent): pending again, and the
+/// claim does not count as an attempt, so budget-limited nights never use up a tile's attempts.
+pub async fn hand_back(
+    store: &Store,
+    run: RunId,
+    c: &Claimed,
+    owner: &str,
+    why: &str,
+) -> Result<(), JobsError> {
+    let (z, x, y) = tile_key(c.tile);
+    let r = sqlx::query(
+        "UPDATE harvest_tile SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+         attempts = greatest(attempts - 1, 0), last_error = $7, updated_at = now() \
+         WHERE run_id = $1 AND tileset = $2 AND z = $3 AND x = $4 AND y = $5 AND lease_owner = $6 \
+         AND state = 'leased'",
+    )
+    .bind(run.0)
+    .bind(c.tileset.name())
+    .bind(z)
+    .bind(x)
+    .bind(y)
+    .bind(owner)
+    .bind(why)
+    .execute(store.pool())
+    .await
+    .map_err(q(format!("handing back {} tile {}", c.tileset, c.tile)))?;
     if r.rows_affected() == 0 {
         return Err(JobsError::LeaseLost { run, tileset: c.tileset, tile: c.tile });
     }

@@ -10,7 +10,17 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() {
-    std::process::exit(real_main());
+    // A panic is a bug: the hook prints one line, and the process ends with the README's code for
+    // it (1), not Rust's 101.
+    let code = std::panic::catch_unwind(real_main).unwrap_or(exit::INTERNAL);
+    std::process::exit(code);
+}
+
+/// One error line on stderr: secrets scrubbed, control characters escaped (a crafted file name
+/// must not move the cursor or recolour the terminal). A closed stderr is ignored, not a panic.
+fn error_line(message: &str) {
+    let line = cli::printable(&scrub(message));
+    let _ = writeln!(std::io::stderr(), "mly-harvest: error: {line}");
 }
 
 fn real_main() -> i32 {
@@ -24,21 +34,20 @@ fn real_main() -> i32 {
         }
     };
     if let Err(e) = init_logging(&cli) {
-        eprintln!("mly-harvest: error: {e}");
+        error_line(&e);
         return exit::CONFIG;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mly-harvest: error: cannot start the async runtime: {e}");
+            error_line(&format!("cannot start the async runtime: {e}"));
             return exit::INTERNAL;
         }
     };
     let code = match rt.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let line = e.to_string().replace('\n', " ");
-            eprintln!("mly-harvest: error: {}", scrub(&line));
+            error_line(&e.to_string().replace('\n', " "));
             e.exit_code()
         }
     };
@@ -57,7 +66,11 @@ fn install_panic_hook() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        let _ = writeln!(std::io::stderr(), "mly-harvest: internal error (a bug){at}: {}", scrub(&payload));
+        let _ = writeln!(
+            std::io::stderr(),
+            "mly-harvest: internal error (a bug){at}: {}",
+            cli::printable(&scrub(&payload))
+        );
     }));
 }
 

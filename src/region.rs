@@ -74,11 +74,8 @@ impl Region {
     /// A region from a GeoJSON file.
     pub fn from_geojson_file(name: &str, path: &Path) -> Result<Region, RegionError> {
         let err = |message: String| RegionError::File { path: path.to_path_buf(), message };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        if meta.len() > MAX_GEOJSON_BYTES {
-            return Err(err(format!("is {} bytes; at most {MAX_GEOJSON_BYTES} are read", meta.len())));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        // Capped while reading, not by the file's stated size: /dev/zero or a FIFO states 0.
+        let text = crate::config::read_capped(path, MAX_GEOJSON_BYTES).map_err(|e| err(e.to_string()))?;
         let shape = parse_geojson(&text).map_err(err)?;
         let key = format!("geojson:{:016x}", fnv1a(format!("{:?}", shape.0).as_bytes()));
         Ok(Region { name: name.to_string(), shape, key })
@@ -170,18 +167,45 @@ fn collect(v: &Value, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), S
             Ok(())
         }
         "Polygon" => {
-            out.push(polygon(coords(v)?)?);
+            out.extend(split_antimeridian(polygon(coords(v)?)?));
             Ok(())
         }
         "MultiPolygon" => {
             let parts = coords(v)?.as_array().ok_or("MultiPolygon coordinates must be an array")?;
             for p in parts {
-                out.push(polygon(p)?);
+                out.extend(split_antimeridian(polygon(p)?));
             }
             Ok(())
         }
         other => Err(format!("has a {other} geometry; a region must be a Polygon or MultiPolygon")),
     }
+}
+
+/// RFC 7946 §3.1.9: a ring edge spanning more than 180° of longitude crosses the antimeridian the
+/// short way (drawn from 179.9 to −179.9 it is 0.2° wide, not a world-wide band). Such a polygon
+/// is made continuous by shifting its western longitudes by +360°, then cut at 180° into its
+/// eastern part and its western part (shifted back by −360°).
+fn split_antimeridian(p: Polygon<f64>) -> Vec<Polygon<f64>> {
+    use geo::{BooleanOps, MapCoords};
+    let crosses = std::iter::once(p.exterior())
+        .chain(p.interiors())
+        .any(|r| r.lines().any(|l| (l.end.x - l.start.x).abs() > 180.0));
+    if !crosses {
+        return vec![p];
+    }
+    let shift = |r: &LineString<f64>| {
+        LineString(
+            r.0.iter().map(|c| Coord { x: if c.x < 0.0 { c.x + 360.0 } else { c.x }, y: c.y }).collect(),
+        )
+    };
+    let shifted = Polygon::new(shift(p.exterior()), p.interiors().iter().map(shift).collect());
+    let east = geo_types::Rect::new(Coord { x: -180.0, y: -90.0 }, Coord { x: 180.0, y: 90.0 }).to_polygon();
+    let west = geo_types::Rect::new(Coord { x: 180.0, y: -90.0 }, Coord { x: 540.0, y: 90.0 }).to_polygon();
+    let mut out = shifted.intersection(&east).0;
+    out.extend(
+        shifted.intersection(&west).0.into_iter().map(|q| q.map_coords(|c| Coord { x: c.x - 360.0, y: c.y })),
+    );
+    out
 }
 
 fn coords(v: &Value) -> Result<&Value, String> {
@@ -239,6 +263,19 @@ mod tests {
                 .contains("outside")
         );
         assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[["a",2],[3,4],[1,5],[1,2]]]}"#).is_err());
+    }
+
+    #[test]
+    fn a_polygon_across_the_antimeridian_is_split_not_a_world_band() {
+        let fiji = r#"{"type":"Polygon","coordinates":[[[179.9,-16.9],[-179.9,-16.9],[-179.9,-16.7],[179.9,-16.7],[179.9,-16.9]]]}"#;
+        let mp = parse_geojson(fiji).unwrap();
+        assert_eq!(mp.0.len(), 2, "{mp:?}");
+        let r = Region { name: "fiji".into(), shape: mp, key: String::new() };
+        let n = r.tile_count(14);
+        // 0.2° x 0.2° at z14 (0.022° per tile): about 10 x 10 tiles, not 163,760.
+        assert!((50..=200).contains(&n), "{n} tiles");
+        let env = r.envelope().unwrap();
+        assert!(env.min().x < -179.0 && env.max().x > 179.0, "{env:?}");
     }
 
     #[test]

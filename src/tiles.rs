@@ -190,6 +190,10 @@ impl Bbox {
         if south >= north {
             return Err(TileError::SouthNotBelowNorth { south, north });
         }
+        // 180 and -180 are the same meridian: a box starting at 180 (or ending at -180) does not
+        // wrap, and `180,..,-180,..` has no width at all.
+        let west = if west == 180.0 && east < 180.0 { -180.0 } else { west };
+        let east = if east == -180.0 && west > -180.0 { 180.0 } else { east };
         if west == east {
             return Err(TileError::ZeroWidth(west));
         }

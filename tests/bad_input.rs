@@ -113,7 +113,7 @@ fn bad_command_line_region_config_and_environment() {
     ];
     let o = run(&["migrate"], &base);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let before = db_state(&db);
+    let mut before = db_state(&db);
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -142,6 +142,19 @@ fn bad_command_line_region_config_and_environment() {
     let empty_url = write_file(d, "empty.toml", "[mapillary]\ngraph_url = \"\"\n");
     let quote_schema = write_file(d, "schema.toml", "[database]\nschema = \"mly'; DROP TABLE x; --\"\n");
     let bad_region_cfg = write_file(d, "region.toml", "[regions.malmo]\nbbox = \"13,55,x,56\"\n");
+    // Issue 16 families: unbounded reads, strict config types and ranges, reserved schemas.
+    let zero_region_cfg = write_file(d, "zero.toml", "[regions.zero]\ngeojson = \"/dev/zero\"\n");
+    let conc_bool = write_file(d, "conc_bool.toml", "[limits]\nconcurrency = true\n");
+    let conc_float = write_file(d, "conc_float.toml", "[limits]\nconcurrency = 2.7\n");
+    let conc_string = write_file(d, "conc_string.toml", "[limits]\nconcurrency = \"8\"\n");
+    let enrich_string = write_file(d, "enrich_string.toml", "[harvest]\nenrich = \"yes\"\n");
+    let enrich_int = write_file(d, "enrich_int.toml", "[harvest]\nenrich = 1\n");
+    let url_int = write_file(d, "url_int.toml", "[mapillary]\ngraph_url = 5\n");
+    let lease_years = write_file(d, "lease.toml", "[harvest]\nlease_secs = 10000000000\n");
+    let section_scalar = write_file(d, "section.toml", "limits = 5\n");
+    let pg_catalog = write_file(d, "pg_catalog.toml", "[database]\nschema = \"pg_catalog\"\n");
+    let fiji_zero = "180,-16.9,-180,-16.7";
+    let evil_name = "\u{1b}[31mevil\nregion\u{7}";
 
     let cases = vec![
         // Command line.
@@ -235,8 +248,194 @@ fn bad_command_line_region_config_and_environment() {
         ),
         case("malformed token", &["sync", ONE_TILE], &[("MAPILLARY_ACCESS_TOKEN", "hello")], 6, "token"),
         case("empty token", &["sync", ONE_TILE], &[("MAPILLARY_ACCESS_TOKEN", "")], 6, "token"),
+        // Issue 16, item 3: user numbers that overflowed.
+        case(
+            "refresh age of 274 million years",
+            &["sync", ONE_TILE, "--refresh-older-than", "99999999999d"],
+            &[],
+            2,
+            "refresh-older-than",
+        ),
+        case(
+            "images per tile at u64::MAX",
+            &["plan", ONE_TILE, "--images-per-tile", "18446744073709551615"],
+            &[],
+            2,
+            "images-per-tile",
+        ),
+        case("images per tile 0", &["plan", ONE_TILE, "--images-per-tile", "0"], &[], 2, "images-per-tile"),
+        case("max tiles 0", &["sync", ONE_TILE, "--max-tiles", "0"], &[], 2, "max-tiles"),
+        case(
+            "max tiles beyond u64",
+            &["sync", ONE_TILE, "--max-tiles", "99999999999999999999"],
+            &[],
+            2,
+            "max-tiles",
+        ),
+        // Item 2: reads are capped while reading.
+        case("plan /dev/zero", &["plan", "/dev/zero"], &[], 4, "larger than"),
+        case("sync /dev/zero", &["sync", "/dev/zero"], &[], 4, "larger than"),
+        case(
+            "named region at /dev/zero",
+            &["--config", &zero_region_cfg, "plan", "zero"],
+            &[],
+            4,
+            "larger than",
+        ),
+        case("config file /dev/zero", &["--config", "/dev/zero", "sync", ONE_TILE], &[], 3, "larger than"),
+        case("region file is a directory", &["plan", "/tmp"], &[], 4, "/tmp"),
+        case("config file is a directory", &["--config", "/tmp", "plan", ONE_TILE], &[], 3, "/tmp"),
+        // Item 7: the antimeridian.
+        case("zero width across the antimeridian", &["sync", fiji_zero], &[], 4, "no width"),
+        case("zero width at 180", &["plan", "180,-16.9,180,-16.7"], &[], 4, "no width"),
+        case(
+            "tile requests over the confirm threshold",
+            &["sync", "13.0,55.59,13.1,55.62"],
+            &[("MLY_HARVEST__MAX_TILES_WITHOUT_CONFIRM", "10")],
+            4,
+            "tile requests",
+        ),
+        case(
+            "tiles per day 0",
+            &["sync", ONE_TILE],
+            &[("MLY_LIMITS__TILES_PER_DAY", "0")],
+            3,
+            "tiles_per_day",
+        ),
+        case(
+            "more than a week of tile budget",
+            &["sync", "13.0,55.59,13.1,55.62"],
+            &[("MLY_LIMITS__TILES_PER_DAY", "3")],
+            4,
+            "days",
+        ),
+        // Item 8: strict types, ranges, conflicts, tokens.
+        case("concurrency = true", &["--config", &conc_bool, "sync", ONE_TILE], &[], 3, "concurrency"),
+        case("concurrency = 2.7", &["--config", &conc_float, "sync", ONE_TILE], &[], 3, "concurrency"),
+        case("concurrency = \"8\"", &["--config", &conc_string, "sync", ONE_TILE], &[], 3, "concurrency"),
+        case("enrich = \"yes\"", &["--config", &enrich_string, "sync", ONE_TILE], &[], 3, "enrich"),
+        case("enrich = 1", &["--config", &enrich_int, "sync", ONE_TILE], &[], 3, "enrich"),
+        case(
+            "graph_url = 5",
+            &["--config", &url_int, "sync", ONE_TILE],
+            &[("MLY_MAPILLARY__GRAPH_URL", UNSET)],
+            3,
+            "graph_url",
+        ),
+        case("lease of 317 years", &["--config", &lease_years, "sync", ONE_TILE], &[], 3, "lease_secs"),
+        case(
+            "a section that is a number",
+            &["--config", &section_scalar, "sync", ONE_TILE],
+            &[],
+            3,
+            "limits",
+        ),
+        case(
+            "env concurrency 2.7",
+            &["sync", ONE_TILE],
+            &[("MLY_LIMITS__CONCURRENCY", "2.7")],
+            3,
+            "concurrency",
+        ),
+        case(
+            "env concurrency true",
+            &["sync", ONE_TILE],
+            &[("MLY_LIMITS__CONCURRENCY", "true")],
+            3,
+            "concurrency",
+        ),
+        case("env enrich yes", &["sync", ONE_TILE], &[("MLY_HARVEST__ENRICH", "yes")], 3, "enrich"),
+        case(
+            "env lease at u64::MAX",
+            &["sync", ONE_TILE],
+            &[("MLY_HARVEST__LEASE_SECS", "18446744073709551615")],
+            3,
+            "lease_secs",
+        ),
+        case(
+            "env lease beyond u64",
+            &["sync", ONE_TILE],
+            &[("MLY_HARVEST__LEASE_SECS", "18446744073709551616")],
+            3,
+            "lease_secs",
+        ),
+        case(
+            "env timeout 0",
+            &["sync", ONE_TILE],
+            &[("MLY_MAPILLARY__TIMEOUT_SECS", "0")],
+            3,
+            "timeout_secs",
+        ),
+        case(
+            "env timeout a day",
+            &["sync", ONE_TILE],
+            &[("MLY_MAPILLARY__TIMEOUT_SECS", "86400")],
+            3,
+            "timeout_secs",
+        ),
+        case(
+            "env retries 1000",
+            &["sync", ONE_TILE],
+            &[("MLY_MAPILLARY__MAX_RETRIES", "1000")],
+            3,
+            "max_retries",
+        ),
+        case(
+            "env connections 0",
+            &["sync", ONE_TILE],
+            &[("MLY_DATABASE__MAX_CONNECTIONS", "0")],
+            3,
+            "max_connections",
+        ),
+        case(
+            "DATABASE_URL and MLY_DATABASE__URL differ",
+            &["sync", ONE_TILE],
+            &[("MLY_DATABASE__URL", "postgres://someone@127.0.0.1:1/else")],
+            3,
+            "MLY_DATABASE__URL",
+        ),
+        case(
+            "two different tokens",
+            &["sync", ONE_TILE],
+            &[("MLY_MAPILLARY__ACCESS_TOKEN", "MLY|4000000000000001|ffffffffffffffffffffffffffffffff")],
+            3,
+            "MLY_MAPILLARY__ACCESS_TOKEN",
+        ),
+        case(
+            "token with a space inside",
+            &["sync", ONE_TILE],
+            &[("MAPILLARY_ACCESS_TOKEN", "MLY|4000000000000001|0123456789abcdef 0123456789abcdef")],
+            6,
+            "token",
+        ),
+        case(
+            "token with a control character",
+            &["sync", ONE_TILE],
+            &[("MAPILLARY_ACCESS_TOKEN", "MLY|4000000000000001|0123456789abcdef\u{7}0123456789abcdef")],
+            6,
+            "token",
+        ),
+        // Item 9: schemas PostgreSQL reserves are refused by config validation.
+        case("schema pg_catalog", &["--config", &pg_catalog, "sync", ONE_TILE], &[], 3, "reserved"),
+        case("env schema pg_toast", &["status"], &[("MLY_DATABASE__SCHEMA", "pg_toast")], 3, "reserved"),
+        case(
+            "env schema information_schema",
+            &["migrate"],
+            &[("MLY_DATABASE__SCHEMA", "information_schema")],
+            3,
+            "reserved",
+        ),
+        // Item 10: control characters never reach the terminal; unix sockets are named as such.
+        case("region name with escapes", &["sync", evil_name], &[], 4, "evil"),
+        case(
+            "unix socket that does not exist",
+            &["migrate"],
+            &[("DATABASE_URL", "postgres://postgres@localhost/nothing?host=/nonexistent/dir")],
+            5,
+            "/nonexistent/dir/.s.PGSQL.5432",
+        ),
     ];
-    assert!(cases.len() >= 25);
+    assert!(cases.len() >= 80, "{} cases", cases.len());
     let mut failures = Vec::new();
     for c in &cases {
         let mut env: Vec<(&str, &str)> = base.clone();
@@ -249,6 +448,12 @@ fn bad_command_line_region_config_and_environment() {
         let args: Vec<&str> = std::iter::once("-q").chain(c.args.iter().map(String::as_str)).collect();
         let o = run(&args, &env);
         let r = std::panic::catch_unwind(|| {
+            let err = text(&o.stderr);
+            assert!(
+                !err.chars().any(|ch| ch.is_control() && ch != '\n'),
+                "{}: a control character reached the terminal: {err:?}",
+                c.name
+            );
             if c.code == 2 {
                 assert_usage_error(&o, c.needle, c.name)
             } else {
@@ -269,6 +474,7 @@ fn bad_command_line_region_config_and_environment() {
                 c.name
             );
             assert_eq!(now.split(',').nth(5), before.split(',').nth(5), "{}", c.name);
+            before = now;
         } else {
             assert_eq!(now, before, "{}: the database changed", c.name);
         }
@@ -450,4 +656,224 @@ fn bad_api_responses_fail_cleanly() {
         assert!(!errors.contains("0123456789abcdef0123456789abcdef"), "{what}: token in last_error");
     }
     eprintln!("{}", report.join("\n"));
+}
+
+// ---- Issue 16: hostile input and operator mistakes beyond the table above. ----
+
+/// Runs `mly-harvest ARGS` with stdout going to `stdout`.
+fn run_with_stdout(args: &[&str], env: &[(&str, &str)], stdout: std::process::Stdio) -> Output {
+    let mut c = std::process::Command::new(bin());
+    c.args(args).env_remove("MAPILLARY_ACCESS_TOKEN").stdout(stdout).stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn closed_pipes_and_full_disks_end_quietly_or_with_one_line() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("pipes");
+    let env = harvest_env(&sim, &db);
+    // `sync ... | head -1` with the reader gone before the summary is written: the run's own
+    // exit code, no panic, and the run is recorded as done.
+    let mut c = std::process::Command::new(bin());
+    c.args(["sync", ONE_TILE])
+        .env_remove("MAPILLARY_ACCESS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in &env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take()); // the reader closes at once
+    let o = child.wait_with_output().unwrap();
+    assert_no_panic(&o, "sync into a closed pipe");
+    assert_eq!(o.status.code(), Some(0), "sync into a closed pipe: {}", text(&o.stderr));
+    assert_eq!(psql(&db, "SELECT status FROM mapillary.harvest_run"), "done");
+
+    for args in [&["status", "--json"][..], &["status"][..], &["plan", ONE_TILE, "--json"][..]] {
+        let mut c = std::process::Command::new(bin());
+        c.args(args).env_remove("MAPILLARY_ACCESS_TOKEN").stdout(std::process::Stdio::piped());
+        c.stderr(std::process::Stdio::piped());
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_no_panic(&o, &format!("{args:?} into a closed pipe"));
+        assert_eq!(o.status.code(), Some(0), "{args:?} into a closed pipe: {}", text(&o.stderr));
+        assert_eq!(text(&o.stderr).trim(), "", "{args:?}: a closed pipe is not an error");
+
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = run_with_stdout(args, &env, full.into());
+        assert_one_line_error(&o, 3, "standard output", &format!("{args:?} > /dev/full"));
+    }
+}
+
+#[test]
+fn status_never_writes_and_runs_as_a_read_only_role() {
+    let db = fresh_db("status_ro");
+    // An empty database: status says there is no schema yet and creates nothing.
+    let o = run(&["status"], &[("DATABASE_URL", db.as_str())]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("does not exist"), "{}", text(&o.stdout));
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'mapillary'"),
+        "0",
+        "schema created"
+    );
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'"),
+        "0",
+        "PostGIS created"
+    );
+    let o = run(&["status", "--json"], &[("DATABASE_URL", db.as_str())]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "[]");
+
+    // A schema with a run whose region name carries a newline and ANSI escapes.
+    let o = run(&["migrate"], &[("DATABASE_URL", db.as_str())]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    psql(
+        &db,
+        "INSERT INTO mapillary.harvest_run (region_name, run_key, status) VALUES (E'\\x1b[2J\\x1b[31mevil\\nrun 99 fake', 'k', 'done')",
+    );
+    // A read-only role (login, SELECT only) runs status.
+    let role = format!("ro_{}", std::process::id());
+    psql(&db, &format!("DROP ROLE IF EXISTS {role}"));
+    psql(&db, &format!("CREATE ROLE {role} LOGIN"));
+    psql(&db, &format!("GRANT USAGE ON SCHEMA mapillary TO {role}"));
+    psql(&db, &format!("GRANT SELECT ON ALL TABLES IN SCHEMA mapillary TO {role}"));
+    let ro_url = db.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(ro_url, db, "the test URL names the postgres user");
+    let before = psql(&db, "SELECT count(*) FROM mapillary._sqlx_migrations");
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let o = run(args, &[("DATABASE_URL", ro_url.as_str())]);
+        assert_eq!(o.status.code(), Some(0), "{args:?} as a read-only role: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        assert!(out.contains("evil"), "{out}");
+        assert!(!out.contains('\u{1b}'), "an escape sequence reached the terminal: {out:?}");
+        assert!(!out.lines().any(|l| l.starts_with("run 99")), "a newline in a name forged a line: {out}");
+    }
+    assert_eq!(psql(&db, "SELECT count(*) FROM mapillary._sqlx_migrations"), before);
+    psql(&db, &format!("DROP OWNED BY {role}"));
+    psql(&db, &format!("DROP ROLE {role}"));
+}
+
+#[test]
+fn max_tiles_reports_completion_and_budget_hand_backs_cost_no_attempt() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("max_tiles");
+    let env = harvest_env(&sim, &db);
+    // Three tilesets of one tile: 3 job tiles. "Loop while 130" with --max-tiles 1 takes three
+    // calls; the one doing the last tile reports completion.
+    let mut codes = Vec::new();
+    let mut last = String::new();
+    while codes.len() < 5 {
+        let o = run(&["sync", ONE_TILE, "--max-tiles", "1"], &env);
+        codes.push(o.status.code());
+        last = text(&o.stdout);
+        if o.status.code() != Some(130) {
+            break;
+        }
+    }
+    assert_eq!(codes, [Some(130), Some(130), Some(0)], "{last}");
+    assert!(last.contains("Done") && last.contains("0 pending"), "{last}");
+    assert_eq!(psql(&db, "SELECT count(*) FROM mapillary.harvest_run"), "1", "a new run was started");
+    assert_eq!(psql(&db, "SELECT status FROM mapillary.harvest_run"), "done");
+
+    // A budget of one tile a day: tiles handed back untried keep attempts at 0, night after night.
+    let db = fresh_db("budget_attempts");
+    let mut env = harvest_env(&sim, &db);
+    env.push(("MLY_LIMITS__TILES_PER_DAY", "1"));
+    for day in ["2026-01-01", "2026-01-02"] {
+        let o = run(&["sync", ONE_TILE, "--budget-day", day], &env);
+        assert_eq!(o.status.code(), Some(7), "{day}: {}", text(&o.stderr));
+        assert_eq!(
+            psql(
+                &db,
+                "SELECT coalesce(max(attempts), 0) FROM mapillary.harvest_tile WHERE state = 'pending'"
+            ),
+            "0",
+            "{day}: a tile handed back for the budget counted an attempt"
+        );
+    }
+    let o = run(&["sync", ONE_TILE, "--budget-day", "2026-01-03"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+#[test]
+fn detections_switched_on_later_reach_images_harvested_before() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("late_detections");
+    let env = harvest_env(&sim, &db);
+    // The token pasted with a trailing newline is the same token.
+    let token = format!("{SIM_TOKEN}\n");
+    let mut first = with_token(&env, &token);
+    first.push(("MLY_HARVEST__TILESETS", "mly1_public"));
+    let o = run(&["sync", ONE_TILE], &first);
+    assert_eq!(o.status.code(), Some(0), "a token with a trailing newline: {}", text(&o.stderr));
+    let images = psql(&db, "SELECT count(*) FROM mapillary.images");
+    assert_ne!(images, "0");
+    assert_eq!(psql(&db, "SELECT count(*) FROM mapillary.detections"), "0");
+
+    let mut on = env.clone();
+    on.push(("MLY_HARVEST__TILESETS", "mly1_public"));
+    on.push(("MLY_HARVEST__DETECTIONS", "true"));
+    let o = run(&["sync", ONE_TILE], &on);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let with = psql(&db, "SELECT count(DISTINCT image_id) FROM mapillary.detections");
+    assert_ne!(with, "0", "no detections for images harvested before detections were on");
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM mapillary.images WHERE deleted_at IS NULL AND detections_at IS NULL"),
+        "0"
+    );
+    // Once fetched, the next sync is a plain re-sync again (the tile answers 304).
+    let s0 = sim.stats();
+    let o = run(&["sync", ONE_TILE], &on);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("1 not modified"), "{}", text(&o.stdout));
+    let s1 = sim.stats();
+    assert_eq!(s0["requests"]["entity"], s1["requests"]["entity"], "{s0} {s1}");
+}
+
+#[test]
+fn a_polygon_across_the_antimeridian_plans_its_own_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let fiji = write_file(
+        dir.path(),
+        "fiji.geojson",
+        r#"{"type":"Polygon","coordinates":[[[179.9,-16.9],[-179.9,-16.9],[-179.9,-16.7],[179.9,-16.7],[179.9,-16.9]]]}"#,
+    );
+    let o = run(&["plan", &fiji, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tiles = v["tiles_z14"].as_u64().unwrap();
+    assert!((50..=200).contains(&tiles), "{tiles} tiles for a 0.2 x 0.2 degree box");
+}
+
+#[test]
+fn a_damaged_schema_is_reported_as_drift_not_as_failed_tiles() {
+    let sim = Sim::start(&[]);
+    let db = fresh_db("drift");
+    let env = harvest_env(&sim, &db);
+    let o = run(&["migrate"], &env);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    psql(&db, "ALTER TABLE mapillary.images DROP COLUMN tile_hash CASCADE");
+    psql(&db, "DROP INDEX mapillary.images_geom_gix");
+    for args in [&["migrate"][..], &["sync", ONE_TILE][..]] {
+        let o = run(args, &env);
+        assert_one_line_error(&o, 5, "images.tile_hash is missing", &format!("{args:?}"));
+        let err = text(&o.stderr);
+        assert!(err.contains("images_geom_gix"), "{err}");
+    }
+    assert_eq!(psql(&db, "SELECT count(*) FROM mapillary.harvest_run"), "0");
+    // Database errors read as the server's message, not sqlx's "at line N" of PostgreSQL's C source.
+    psql(&db, "DROP TABLE mapillary.harvest_tile");
+    let o = run(&["status"], &env);
+    assert_one_line_error(&o, 5, "harvest_tile", "status on a dropped table");
+    assert!(!text(&o.stderr).contains(" at line "), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("SQLSTATE 42P01"), "{}", text(&o.stderr));
 }

@@ -192,12 +192,13 @@ pub async fn run(store: &Store, cfg: &Config, args: &QgisProjectArgs) -> Result<
         .execute(store.pool())
         .await
         .map_err(query_err(format!("storing QGIS project {:?}", args.name)))?;
-    println!(
-        "QGIS project {:?} stored in {}.qgis_projects; open it in QGIS (Project > Open From > PostgreSQL) or as {}",
+    crate::cli::write_stdout(&format!(
+        "QGIS project {:?} stored in {}.qgis_projects; open it in QGIS (Project > Open From > PostgreSQL) or as {}\n",
         args.name,
         store.schema(),
         project_uri(url, args.service.as_deref(), store.schema(), &args.name)
-    );
+    ))
+    .map_err(|source| OpsError::Write { path: "standard output".into(), source })?;
     Ok(())
 }
 

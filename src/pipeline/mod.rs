@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod enrich;
+pub mod interrupt;
 pub mod plan;
 mod progress;
 pub mod trace;
@@ -266,6 +267,8 @@ enum TileEnd {
     Unreachable(String),
     /// Another worker owns the tile now (our lease expired); nothing to do.
     LeaseLost,
+    /// SIGINT/SIGTERM arrived before anything was written; the tile is released for the next run.
+    Stopped,
     /// The run stopped before the tile's slot came; it is handed back at the end of the run.
     NotStarted,
     /// The tile read empty while the database holds live records for it: read it again later.
@@ -354,7 +357,8 @@ pub async fn sync(
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
         debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
-        if cfg.harvest.detections {
+        // After an interrupt, stop promptly: linking is idempotent and the next sync does it.
+        if cfg.harvest.detections && !interrupt::is_set() {
             let linked = store.link_detections().await?;
             info!(linked, "detections linked to map features");
         }
@@ -364,9 +368,12 @@ pub async fn sync(
         let outcome = match outcome? {
             DriveEnd::Quota => Outcome::QuotaExhausted,
             DriveEnd::Stopped => Outcome::Stopped,
-            DriveEnd::Finished if summary.failed > 0 => Outcome::Partial,
+            // `--max-tiles` that happened to take the last tiles finished the run: report it as
+            // such, or "loop while stopped" would never end.
+            DriveEnd::MaxTiles if summary.pending > 0 => Outcome::Stopped,
+            DriveEnd::Finished | DriveEnd::MaxTiles if summary.failed > 0 => Outcome::Partial,
             DriveEnd::Finished if summary.pending > 0 => Outcome::Stopped,
-            DriveEnd::Finished => Outcome::Done,
+            DriveEnd::Finished | DriveEnd::MaxTiles => Outcome::Done,
         };
         let s = SyncSummary {
             run_id: run.0,
@@ -391,7 +398,10 @@ pub async fn sync(
 enum DriveEnd {
     Finished,
     Quota,
+    /// SIGINT/SIGTERM.
     Stopped,
+    /// `--max-tiles` tiles were started; the run may or may not have tiles left.
+    MaxTiles,
 }
 
 /// The claim loop: keeps up to `concurrency` tiles in flight until none is left or the run stops.
@@ -400,23 +410,34 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
     let lease = Duration::from_secs(ctx.cfg.harvest.lease_secs);
     let day = opts.budget_day.unwrap_or_else(|| Utc::now().date_naive());
     let progress = progress::Progress::start(total, Arc::clone(ctx) as Arc<dyn progress::Source>);
+    // The renewer is told to stop and then awaited, never aborted: an aborted task could drop a
+    // statement mid-flight and leave a broken connection in the pool (see `interrupt`).
+    let (renew_stop, mut renew_stopped) = tokio::sync::watch::channel(false);
     let renewer = {
         let ctx = Arc::clone(ctx);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(lease / 3).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = renew_stopped.wait_for(|s| *s) => return,
+                }
                 if let Err(e) = jobs::renew(&ctx.store, ctx.run, &ctx.owner, lease).await {
                     warn!(error = %e, "lease renewal failed");
                 }
             }
         })
     };
-    let mut signals = Signals::new();
+    let mut interrupted = false;
     let mut in_flight: JoinSet<(Claimed, TileEnd)> = JoinSet::new();
     let mut started_tiles = 0u64;
     let mut end = DriveEnd::Finished;
     let mut fatal: Option<PipelineError> = None;
     loop {
+        if !interrupted && interrupt::is_set() {
+            interrupted = true;
+            ctx.stop.store(true, Ordering::Relaxed);
+            end = DriveEnd::Stopped;
+        }
         let stopping = ctx.stop.load(Ordering::Relaxed) || fatal.is_some();
         let room = concurrency.saturating_sub(in_flight.len());
         let allowed = opts.max_tiles.map_or(u64::MAX, |m| m.saturating_sub(started_tiles));
@@ -447,9 +468,9 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 // i < claimed.len() <= concurrency, a u32.
                 let i = u32::try_from(i).unwrap_or(u32::MAX);
                 if i >= grant.tiles {
-                    // Over budget: hand the tile back untouched for the next day's run.
-                    jobs::fail_tile(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent", true)
-                        .await?;
+                    // Over budget: hand the tile back untouched for the next day's run. It was
+                    // never tried, so the claim does not count as an attempt.
+                    jobs::hand_back(&ctx.store, ctx.run, &c, &ctx.owner, "daily tile budget spent").await?;
                     ctx.stop.store(true, Ordering::Relaxed);
                     end = DriveEnd::Quota;
                     continue;
@@ -471,7 +492,7 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 });
             }
             if opts.max_tiles.is_some_and(|m| started_tiles >= m) && matches!(end, DriveEnd::Finished) {
-                end = DriveEnd::Stopped;
+                end = DriveEnd::MaxTiles;
             }
         }
         // Nothing in flight: finished, unless tiles are leased by another live process. Those are
@@ -499,17 +520,14 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 progress.tick();
             }
             _ = tokio::time::sleep(OTHERS_POLL), if waiting => {}
-            _ = signals.recv() => {
-                warn!("interrupted: stopping; unfinished tiles resume on the next run");
-                ctx.stop.store(true, Ordering::Relaxed);
-                end = DriveEnd::Stopped;
-                in_flight.abort_all();
-                while in_flight.join_next().await.is_some() {}
-                break;
-            }
+            // In-flight tiles see the interrupt too: their API calls end at once, their
+            // database statements finish, and the loop drains them before it stops.
+            _ = interrupt::wait(), if !interrupted => {}
         }
     }
-    renewer.abort();
+    let _ = renew_stop.send(true);
+    // The renewer only returns; a panic in it is already reported by the panic hook.
+    let _ = renewer.await;
     progress.finish();
     match fatal {
         Some(e) => Err(e),
@@ -525,7 +543,8 @@ async fn settle(
     fatal: &mut Option<PipelineError>,
 ) -> Result<(), PipelineError> {
     match r {
-        TileEnd::Written | TileEnd::LeaseLost | TileEnd::NotStarted => {}
+        // A stopped tile stays leased to this process until `jobs::release` hands it back.
+        TileEnd::Written | TileEnd::LeaseLost | TileEnd::NotStarted | TileEnd::Stopped => {}
         TileEnd::Retry(msg) => {
             let retry = c.attempts < MAX_TILE_ATTEMPTS;
             warn!(tileset = %c.tileset, tile = %c.tile, attempts = c.attempts, retry, error = %msg, "tile failed");
@@ -620,11 +639,14 @@ async fn process_tile(ctx: &Ctx, c: &Claimed) -> TileEnd {
         Err(TileFailure::Store(StoreError::LeaseLost { .. })) => TileEnd::LeaseLost,
         Err(TileFailure::Store(e)) => TileEnd::Retry(e.to_string()),
         Err(TileFailure::Decode(msg)) => TileEnd::Retry(msg),
+        Err(TileFailure::Stopped) => TileEnd::Stopped,
     }
 }
 
 enum TileFailure {
     Api(ApiError),
+    /// Interrupted while waiting for the API.
+    Stopped,
     Store(StoreError),
     Decode(String),
 }
@@ -640,6 +662,16 @@ impl From<StoreError> for TileFailure {
     }
 }
 
+/// Runs an API call unless SIGINT/SIGTERM arrives first. Only API futures are cancelled this
+/// way, never a database statement (see `interrupt`).
+async fn cancellable<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<T, TileFailure> {
+    tokio::select! {
+        biased;
+        _ = interrupt::wait() => Err(TileFailure::Stopped),
+        r = call => r.map_err(TileFailure::Api),
+    }
+}
+
 async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     let times = ctx.store.times();
     let started = Instant::now();
@@ -652,12 +684,18 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
     {
         return Ok(TileEnd::Blocked { at: b.at, detail: b.detail.clone(), recorded: Some(b) });
     }
-    // A refresh needs the tile's current content, so it does not ask for "not modified".
-    let etag = if ctx.refresh_before.is_some() { None } else { snapshot.etag.as_deref() };
+    // Images harvested before detections were switched on still need theirs.
+    let want_detections = ctx.cfg.harvest.enrich && ctx.cfg.harvest.detections && c.tileset.is_coverage();
+    let lacking =
+        if want_detections { ctx.store.images_lacking_detections(c.tile).await? } else { HashSet::new() };
+    // A refresh, or images still lacking detections, need the tile's current content, so it
+    // does not ask for "not modified".
+    let etag =
+        if ctx.refresh_before.is_some() || !lacking.is_empty() { None } else { snapshot.etag.as_deref() };
     let mut attempt = 0;
     let (decoded, new_etag) = loop {
         let fetching = Instant::now();
-        let response = ctx.api.tile(c.tileset, c.tile, etag).await;
+        let response = cancellable(ctx.api.tile(c.tileset, c.tile, etag)).await;
         times.add(Stage::Fetch, fetching);
         let (decoded, new_etag) = match response? {
             TileResponse::NotModified => {
@@ -705,22 +743,33 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         return Ok(TileEnd::Recheck);
     }
     let confirming = Instant::now();
-    w.vanished = confirm_vanished(ctx, c, &vanished).await?;
+    w.vanished = cancellable(confirm_vanished(ctx, c, &vanished)).await?;
     times.add(Stage::Enrich, confirming);
+    let mut detections_fetched: Vec<i64> = Vec::new();
     if c.tileset.is_coverage() {
         let looking = Instant::now();
-        let d = diff(ctx, snapshot.live, decoded.images, &far_edge, true).await?;
+        let mut d = diff(ctx, snapshot.live, decoded.images, &far_edge, true).await?;
         times.add(Stage::Lookup, looking);
+        // Detections need the image's size, so images lacking them are enriched again too.
+        let lacking_here: Vec<i64> =
+            d.rows.iter().map(|(r, _)| r.id()).filter(|id| lacking.contains(id)).collect();
+        d.needed.extend(lacking_here);
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let enriching = Instant::now();
-            let e = enrich::images(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            let e = cancellable(enrich::images(&ctx.api, c.tile, &d.located(), &d.needed)).await?;
             times.add(Stage::Enrich, enriching);
             tally(ctx, &e);
             details = e.details;
-            let new_ids: Vec<i64> = d.needed.iter().copied().filter(|id| !d.known.contains_key(id)).collect();
-            if ctx.cfg.harvest.detections && !new_ids.is_empty() {
-                w.detections = detections(ctx, &new_ids, &details).await?;
+            let ids: Vec<i64> = d
+                .needed
+                .iter()
+                .copied()
+                .filter(|id| !d.known.contains_key(id) || lacking.contains(id))
+                .collect();
+            if want_detections && !ids.is_empty() {
+                w.detections = cancellable(detections(ctx, &ids, &details)).await?;
+                detections_fetched = ids;
             }
         }
         w.images = d
@@ -736,7 +785,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
         let mut details = HashMap::new();
         if enrich && !d.needed.is_empty() {
             let enriching = Instant::now();
-            let e = enrich::features(&ctx.api, c.tile, &d.located(), &d.needed).await?;
+            let e = cancellable(enrich::features(&ctx.api, c.tile, &d.located(), &d.needed)).await?;
             times.add(Stage::Enrich, enriching);
             tally(ctx, &e);
             details = e.details;
@@ -748,6 +797,7 @@ async fn process_tile_inner(ctx: &Ctx, c: &Claimed) -> Result<TileEnd, TileFailu
             .collect();
     }
     let counts: WriteCounts = ctx.store.write_tile(&w).await?;
+    ctx.store.mark_detections_fetched(&detections_fetched).await?;
     // Record counts say what was committed, not what an interrupted task had in hand.
     ctx.counters.images.fetch_add(w.images.len() as u64, Ordering::Relaxed);
     ctx.counters.features.fetch_add(w.features.len() as u64, Ordering::Relaxed);
@@ -1007,32 +1057,4 @@ async fn detections(
         out.push(DetectionRow { det, pixel_geom_wkb });
     }
     Ok(out)
-}
-
-/// SIGINT / SIGTERM, registered when created (not when first awaited).
-struct Signals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
-    }
-
-    async fn recv(&mut self) {
-        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.term) => {}
-            _ = one(&mut self.int) => {}
-        }
-    }
 }

@@ -2,7 +2,7 @@
 
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +33,14 @@ pub enum StoreError {
          in this database"
     )]
     NoPostgis { major: u32, detail: String },
-    #[error("while migrating schema {schema}: {source}")]
+    #[error("while migrating schema {schema}: {}", describe_migrate(source))]
     Migrate { schema: String, source: sqlx::migrate::MigrateError },
-    #[error("database error while {context}: {source}")]
+    #[error(
+        "schema {schema:?} differs from what its migrations create: {}; restore what was changed (e.g. from a backup) or harvest into a new schema (database.schema)",
+        summarize(problems)
+    )]
+    Drift { schema: String, problems: Vec<String> },
+    #[error("database error while {context}: {}", describe(source))]
     Query { context: String, source: sqlx::Error },
     #[error(
         "lease lost on tile {tileset} {tile} (run {run_id}): another worker holds it now, its write wins"
@@ -43,6 +48,114 @@ pub enum StoreError {
     LeaseLost { run_id: i64, tileset: Tileset, tile: TileId },
     #[error("while encoding {what}: {reason}")]
     Encode { what: String, reason: String },
+}
+
+/// A database error as one readable line: the server's message, detail and hint, and the
+/// SQLSTATE. sqlx's own Display appends "at line N", which is a line of PostgreSQL's C source and
+/// means nothing to a user.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let mut s = db.message().to_string();
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(d) = pg.detail() {
+                    s = format!("{s} ({d})");
+                }
+                if let Some(h) = pg.hint() {
+                    s = format!("{s}; hint: {h}");
+                }
+            }
+            match db.code() {
+                Some(code) => format!("{s} [SQLSTATE {code}]"),
+                None => s,
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The first few drift problems, and how many more there are.
+fn summarize(problems: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if problems.len() > SHOWN {
+        s += &format!("; and {} more", problems.len() - SHOWN);
+    }
+    s
+}
+
+/// What a schema holds, as drift checking compares it: relations, columns with their types and
+/// nullability, key constraints by column, and index names. One row per item: (what, detail).
+const SCHEMA_MANIFEST: &str = "
+SELECT 'relation ' || c.relname, c.relkind::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relkind IN ('r', 'v', 'm', 'p')
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = $1 AND c.relkind IN ('r', 'v', 'm', 'p')
+UNION ALL
+SELECT c.relname || ' ' || CASE con.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique key'
+         ELSE 'foreign key' END
+       || ' (' || (SELECT string_agg(a.attname, ', ' ORDER BY a.attnum) FROM pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attnum = ANY (con.conkey)) || ')', ''
+  FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND con.contype IN ('p', 'u', 'f')
+UNION ALL
+SELECT 'index ' || i.relname, ''
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace
+ WHERE n.nspname = $1";
+
+async fn manifest(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(SCHEMA_MANIFEST).bind(schema).fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// What `actual` lacks or has differently from `expected`, one line per item.
+pub fn drift(
+    expected: &std::collections::BTreeMap<String, String>,
+    actual: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    // A missing relation is one problem, not one per column.
+    let gone: Vec<String> = expected
+        .keys()
+        .filter_map(|k| k.strip_prefix("relation "))
+        .filter(|r| !actual.contains_key(&format!("relation {r}")))
+        .map(|r| format!("column {r}."))
+        .collect();
+    for (item, want) in expected {
+        if gone.iter().any(|g| item.starts_with(g.as_str())) {
+            continue;
+        }
+        match actual.get(item) {
+            None => out.push(format!("{item} is missing")),
+            Some(have) if have != want && item.starts_with("column ") => {
+                out.push(format!("{item} is {have}, expected {want}"))
+            }
+            Some(have) if have != want => out.push(format!("{item} is of kind {have}, expected {want}")),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// A migration error with the database part described by [`describe`].
+pub fn describe_migrate(e: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(inner) => format!("while executing migrations: {}", describe(inner)),
+        MigrateError::ExecuteMigration(inner, v) => {
+            format!("while executing migration {v}: {}", describe(inner))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Builds the [`StoreError::NoPostgis`] error for a server of the given major version.
@@ -263,23 +376,51 @@ const TILE_ETAG: &str = "SELECT etag FROM tile_state WHERE tileset = $1 AND z = 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// "host:port" of a connect-options, for messages that must not show the password.
+/// "host:port" (or the unix socket's path) of a connect-options, for messages that must not show
+/// the password.
 fn endpoint(opts: &PgConnectOptions) -> String {
-    format!("{}:{}", opts.get_host(), opts.get_port())
+    match opts.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), opts.get_port()),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    }
 }
 
 impl Store {
     /// Connects a pool whose sessions use `"<schema>", public` as search_path.
     pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<Store, StoreError> {
-        if crate::config::validate_identifier(schema).is_err() {
+        Store::connect_with(url, schema, max_connections, false).await
+    }
+
+    /// Connects a pool for commands that only read (`status`): every session has
+    /// `default_transaction_read_only` on, so a write would be refused by the server itself, and a
+    /// read-only role can run them.
+    pub async fn connect_read_only(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Store, StoreError> {
+        Store::connect_with(url, schema, max_connections, true).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+        read_only: bool,
+    ) -> Result<Store, StoreError> {
+        if crate::config::validate_schema(schema).is_err() {
             return Err(StoreError::BadSchema(schema.to_string()));
         }
         // sqlx's parse errors do not echo the URL, but stay generic anyway: it may hold a password.
         let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl {
             reason: "expected postgres://user[:password]@host[:port]/db".into(),
         })?;
+        let mut settings = vec![("search_path", format!("\"{schema}\", public"))];
+        if read_only {
+            settings.push(("default_transaction_read_only", "on".to_string()));
+        }
         let opts = opts
-            .options([("search_path", format!("\"{schema}\", public"))])
+            .options(settings)
             // Big tile writes legitimately take over a second; sqlx would WARN on each of them.
             .disable_statement_logging();
         let endpoint = endpoint(&opts);
@@ -354,8 +495,93 @@ impl Store {
             .run_direct(None, &mut *conn, false)
             .await
             .map_err(|source| StoreError::Migrate { schema: self.schema.clone(), source })?;
+        self.check_drift(conn).await?;
         tracing::info!(schema = %self.schema, "database schema is up to date");
         Ok(())
+    }
+
+    /// Compares the schema with what its migrations create. The reference is built by running
+    /// the migrations in a scratch schema inside a transaction that is rolled back, so it is
+    /// always exactly this version's; it is cached in `schema_manifest` per migration set, so the
+    /// check normally costs one catalog query. "Up to date" in `_sqlx_migrations` says nothing
+    /// about a column a user dropped since: every tile would then fail with a database error and
+    /// the run end "partial, run again".
+    async fn check_drift(&self, conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        let migrator = sqlx::migrate!();
+        let mut fingerprint = Vec::new();
+        for m in migrator.iter() {
+            fingerprint.extend_from_slice(&m.version.to_le_bytes());
+            fingerprint.extend_from_slice(&m.checksum);
+        }
+        let digest = format!("{:016x}", crate::region::fnv1a(&fingerprint));
+        let cached: Result<Vec<(String, String)>, _> =
+            sqlx::query_as("SELECT item, detail FROM schema_manifest WHERE digest = $1")
+                .bind(&digest)
+                .fetch_all(&mut *conn)
+                .await;
+        let (expected, fresh) = match cached {
+            Ok(rows) if !rows.is_empty() => (rows.into_iter().collect(), false),
+            // Not cached yet (or the cache table itself is gone: the probe will say so).
+            _ => match self.probe_manifest(conn, &migrator).await {
+                Ok(m) => (m, true),
+                Err(e) => {
+                    // The reference could not be built (e.g. no CREATE privilege on the
+                    // database): say so, and let the run find any damage the hard way.
+                    tracing::warn!(error = %describe(&e), "could not check the schema for drift");
+                    return Ok(());
+                }
+            },
+        };
+        let actual = manifest(conn, &self.schema)
+            .await
+            .map_err(query_err(format!("reading schema {}", self.schema)))?;
+        let problems = drift(&expected, &actual);
+        if !problems.is_empty() {
+            return Err(StoreError::Drift { schema: self.schema.clone(), problems });
+        }
+        if fresh {
+            let (items, details): (Vec<String>, Vec<String>) = expected.into_iter().unzip();
+            sqlx::query(
+                "WITH gone AS (DELETE FROM schema_manifest) \
+                 INSERT INTO schema_manifest (digest, item, detail) SELECT $1, * FROM unnest($2::text[], $3::text[])",
+            )
+            .bind(&digest)
+            .bind(&items)
+            .bind(&details)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("caching the schema manifest"))?;
+        }
+        Ok(())
+    }
+
+    /// What the migrations create, from a scratch schema in a rolled-back transaction.
+    async fn probe_manifest(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+        use sqlx::Connection as _;
+        let probe = format!("mly_drift_probe_{}", std::process::id());
+        let mut tx = conn.begin().await?;
+        // The probe name is built from a number, so it is a plain identifier.
+        let setup = format!("CREATE SCHEMA \"{probe}\"; SET LOCAL search_path = \"{probe}\", public");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut *tx).await?;
+        for m in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str().to_string())).execute(&mut *tx).await?;
+        }
+        let expected = manifest(&mut tx, &probe).await?;
+        tx.rollback().await?;
+        Ok(expected)
+    }
+
+    /// Whether the schema holds the harvester's tables yet (a read-only check; `migrate` creates them).
+    pub async fn schema_exists(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT to_regclass(format('%I.harvest_run', $1::text)) IS NOT NULL")
+            .bind(&self.schema)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err(format!("looking for schema {}", self.schema)))
     }
 
     /// The pool (all sessions have the schema on their search_path).
@@ -435,6 +661,38 @@ impl Store {
             live.insert(id, Known { tile_hash: tile_hash.unwrap_or(0), enriched_at, deleted: false });
         }
         Ok(TileSnapshot { etag, live })
+    }
+
+    /// Live images last seen in `tile` whose detections were never fetched (detections switched
+    /// on after they were harvested).
+    pub async fn images_lacking_detections(&self, tile: TileId) -> Result<HashSet<i64>, StoreError> {
+        let (z, x, y) = tile_key(tile);
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM images WHERE tile_z = $1 AND tile_x = $2 AND tile_y = $3 \
+             AND deleted_at IS NULL AND detections_at IS NULL",
+        )
+        .bind(z)
+        .bind(x)
+        .bind(y)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err(format!("looking for images of tile {tile} without detections")))?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Records that these images' detections were fetched (after their tile was written). Not in
+    /// the tile's transaction on purpose: losing this mark only fetches them again, and the
+    /// detection upsert is idempotent.
+    pub async fn mark_detections_fetched(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE images SET detections_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("recording fetched detections"))?;
+        Ok(())
     }
 
     /// tile_hash/enriched_at/deleted_at for image ids wherever they are (records that moved in from another tile).
