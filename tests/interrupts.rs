@@ -108,7 +108,9 @@ fn fifty_seeded_interrupts_end_in_130_or_137_and_the_clean_tables() {
                 "finished".to_string()
             }
             (false, Some(130), _) if sig != "KILL" => {
-                if err.contains("run started") {
+                // The log line of a process that had the run ("run started run=…"), not the
+                // error of one stopped before it ("interrupted before the run started").
+                if err.contains("run started run=") {
                     // This process had the run: it released its leases and marked it stopped.
                     assert_eq!(running, "0", "{what}: the run was left running: {err}");
                     assert_eq!(leased, "0", "{what}: tiles left leased: {err}");
