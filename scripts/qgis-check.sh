@@ -19,6 +19,6 @@ rest=${DATABASE_URL#*://}; auth=postgres; [[ $rest == *@* ]] && { auth=${rest%@*
 user=${auth%%:*}; [[ $auth == *:* ]] && export PGPASSWORD=${auth#*:}
 hostport=${rest%%/*}; db=${rest#*/}; db=${db%%\?*}
 host=${hostport%%:*}; port=5432; [[ $hostport == *:* ]] && port=${hostport##*:}
-QT_QPA_PLATFORM=offscreen exec /usr/bin/python3 tests/qgis/check_layers.py \
+QT_QPA_PLATFORM=offscreen exec /usr/bin/python3 scripts/qgis/check_layers.py \
   --conn "dbname='$db' host=$host port=$port user='$user'" --schema "$SCHEMA" --sql-dir sql \
   --project "$PROJECT" --png qgis-check.png

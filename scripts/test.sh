@@ -10,10 +10,10 @@ if ! command -v ogrinfo >/dev/null; then
   as_root apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gdal-bin >&2
 fi
-# QGIS's own PostGIS provider checks the schema in tests/qgis.rs (about 100 s to install on a fresh
+# QGIS's own PostGIS provider checks the schema in mly-harvest/tests/qgis.rs (about 100 s to install on a fresh
 # Debian; the tests fail without it unless MLY_SKIP_QGIS=1).
 if [ -z "${MLY_SKIP_QGIS:-}" ] && ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null; then
-  echo "test.sh: installing python3-qgis (the QGIS check, tests/qgis.rs)" >&2
+  echo "test.sh: installing python3-qgis (the QGIS check, mly-harvest/tests/qgis.rs)" >&2
   as_root apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-qgis >&2
 fi

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = mly_harvest::api::graph::parse_image(&v);
+        let _ = mly_core::api::graph::parse_image(&v);
     }
 });

@@ -1,0 +1,440 @@
+//! Command-line interface: argument parsing, command dispatch, and the mapping of every error to
+//! a one-line message and a documented exit code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use mly_contract::tiles::HARVEST_ZOOM;
+use mly_core::jobs::{self, JobsError};
+use mly_core::pipeline::{self, PipelineError, SyncOptions, plan};
+use mly_core::region::{Region, RegionError};
+use mly_core::store::{Store, StoreError};
+use mly_sim::{SimError, SimulateArgs};
+
+use crate::exit;
+
+/// The most z14 tiles one run plans (each becomes a job row per tileset); the whole world is 2^28.
+pub const MAX_TILES_PER_RUN: u64 = 5_000_000;
+
+/// Regions whose tile requests take more days of the daily tile budget than this need `--yes`.
+pub const MAX_DAYS_WITHOUT_CONFIRM: f64 = 7.0;
+
+/// The most images per z14 tile `plan --images-per-tile` takes (the densest real tiles hold tens of
+/// thousands); it keeps the estimate's arithmetic far from overflow.
+pub const MAX_IMAGES_PER_TILE: u64 = 10_000_000;
+
+/// The oldest `--refresh-older-than` accepted: older than any Mapillary image.
+const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `--refresh-older-than` (humantime, e.g. `30d`), at most [`MAX_AGE`].
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_AGE {
+        return Err(format!("{s:?} is more than 100 years"));
+    }
+    Ok(d)
+}
+
+/// mly-harvest keeps a PostGIS database in step with Mapillary's street-level imagery.
+#[derive(Debug, Parser)]
+#[command(name = "mly-harvest", version, about)]
+pub struct Cli {
+    /// Config file (default: ./mly-harvest.toml when present).
+    #[arg(long, global = true, env = "MLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Write log lines to this file instead of standard error.
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Log line format: text for people, json (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (fields flattened), for journald/Loki/Elasticsearch.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Harvest REGION into PostGIS (or resume the unfinished run for it).
+    Sync(SyncArgs),
+    /// Dry run: tiles and API requests a first harvest of REGION needs. Spends no quota.
+    Plan(PlanArgs),
+    /// Runs and their tile states.
+    Status(StatusArgs),
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Serve the offline Mapillary API v4 simulator.
+    #[command(after_help = mly_sim::HELP)]
+    Simulate(SimulateArgs),
+    /// Store a styled QGIS project in the database (open it in QGIS from the PostgreSQL connection).
+    QgisProject(crate::ops::qgis::QgisProjectArgs),
+    /// Draw a run: its region, z14 tiles coloured by state, and the harvested coverage.
+    Report(crate::ops::report::ReportArgs),
+    /// Check everything a real run needs: config, database, PostGIS, rights, a recorded block,
+    /// the token (one Graph call) and tile access (one tile, counted in the budget).
+    Doctor(crate::ops::doctor::DoctorArgs),
+}
+
+/// `sync` options.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    #[arg(allow_hyphen_values = true)]
+    pub region: String,
+    /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
+    #[arg(long)]
+    pub yes: bool,
+    /// Re-enrich records enriched longer ago than this (e.g. 30d, at most 100 years), within the quota.
+    #[arg(long, value_parser = parse_age)]
+    pub refresh_older_than: Option<Duration>,
+    /// Stop after this many tiles (for trying things out); the run resumes later.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN))]
+    pub max_tiles: Option<u64>,
+    /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
+    #[arg(long, hide = true)]
+    pub budget_day: Option<chrono::NaiveDate>,
+    /// Write Prometheus metrics of the run to this file at its end, failed runs included
+    /// (atomically; for node_exporter's textfile collector, name it *.prom).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Ask the tile server even though it blocked this IP and the block is not over (asking
+    /// during a block extends it).
+    #[arg(long)]
+    pub ignore_block: bool,
+    /// Filled by the run for the metrics file.
+    #[arg(skip)]
+    pub trace: Option<std::sync::Arc<mly_core::pipeline::trace::RunTrace>>,
+}
+
+/// `plan` options.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// A config region name, 'west,south,east,north', or a GeoJSON file.
+    #[arg(allow_hyphen_values = true)]
+    pub region: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per z14 tile the estimate assumes (1 to 10,000,000).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES_PER_TILE))]
+    pub images_per_tile: u64,
+}
+
+/// `status` options.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// A run id (default: the latest runs).
+    pub run: Option<i64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Any error that ends the program; `exit_code` classifies it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Simulator(#[from] SimError),
+    #[error("while writing output: {0}")]
+    Output(#[from] serde_json::Error),
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("interrupted before the run started; nothing was changed")]
+    Interrupted,
+    #[error(transparent)]
+    Metrics(#[from] crate::ops::metrics::MetricsError),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+}
+
+impl CliError {
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            // A broken token is refused like one the API refuses.
+            CliError::Config(ConfigError::Token) => exit::AUTH,
+            CliError::Config(_) => exit::CONFIG,
+            CliError::Region(_) | CliError::Input(_) => exit::INPUT,
+            CliError::Store(_) | CliError::Jobs(_) => exit::DATABASE,
+            CliError::Pipeline(e) => exit::of_pipeline_error(e),
+            CliError::Simulator(_) => exit::INPUT,
+            CliError::Output(_) => exit::INTERNAL,
+            CliError::Stdout(_) => exit::CONFIG,
+            CliError::Interrupted => exit::INTERRUPTED,
+            CliError::Metrics(_) => exit::CONFIG,
+            CliError::Ops(e) => e.exit_code(),
+        }
+    }
+}
+
+/// Writes command output to standard output. A closed pipe (`sync ... | head -1`) is not an
+/// error: the reader has what it wanted, so the command ends quietly with its own exit code. Any
+/// other failure (a full disk) is one error line and exit 3, like any output file.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    write_stdout(text).map_err(CliError::Stdout)
+}
+
+/// [`emit`] for modules with their own error type: a closed pipe is Ok, other failures are returned.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Text from the database or the user (region names, file names) made safe for a terminal:
+/// control characters (newlines, ANSI escapes) are shown escaped, never sent raw.
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// Loads the config the way every command does: `--config`, then the process environment.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let cfg = Config::load(cli.config.as_deref(), &env)?;
+    crate::config::register_secret(cfg.mapillary.access_token.expose());
+    crate::config::register_secret(&password_of(cfg.database.url.expose()));
+    Ok(cfg)
+}
+
+fn password_of(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw.to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the parsed command; returns the exit code for a success that still needs one (e.g. partial).
+pub async fn run(mut cli: Cli) -> Result<i32, CliError> {
+    match crate::ops::metrics::Watch::start(&mut cli) {
+        Some(watch) => watch.finish(run_command(cli).await).await,
+        None => run_command(cli).await,
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Simulate(ref args) => {
+            mly_sim::run(args.clone()).await?;
+            Ok(exit::OK)
+        }
+        Command::Plan(ref args) => {
+            let cfg = load_config(&cli)?;
+            let region = Region::resolve(&args.region, cfg.region_spec(&args.region).as_ref())?;
+            let est =
+                plan::estimate(&region, &cfg.harvest_settings(), &cfg.limit_settings(), args.images_per_tile);
+            if args.json {
+                emit(&format!("{}\n", serde_json::to_string_pretty(&est)?))?;
+            } else {
+                emit(&est.render())?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Migrate => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            emit(&format!("schema {:?} is up to date\n", store.schema()))?;
+            Ok(exit::OK)
+        }
+        Command::QgisProject(ref args) => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            store.migrate().await?;
+            crate::ops::qgis::run(&store, &cfg, args).await?;
+            Ok(exit::OK)
+        }
+        Command::Report(ref args) => {
+            let cfg = load_config(&cli)?;
+            let store = connect(&cfg).await?;
+            crate::ops::report::run(&store, args).await?;
+            Ok(exit::OK)
+        }
+        Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
+        Command::Status(ref args) => {
+            let cfg = load_config(&cli)?;
+            // Read-only: no migration, and the server refuses any write on these sessions.
+            let store = connect_read_only(&cfg).await?;
+            if !store.schema_exists().await? {
+                if args.json {
+                    emit("[]\n")?;
+                } else {
+                    emit(&format!(
+                        "no runs yet: schema {:?} does not exist in this database (sync or migrate creates it)\n",
+                        store.schema()
+                    ))?;
+                }
+                return Ok(exit::OK);
+            }
+            let code = status(&store, args).await?;
+            // Best effort: a read-only role may not see the shared block table; status still works.
+            if !args.json
+                && let Ok(Some(b)) =
+                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
+                        .await
+            {
+                emit(&format!("{}\n", b.message()))?;
+            }
+            Ok(code)
+        }
+        Command::Sync(ref args) => {
+            // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.
+            pipeline::interrupt::listen();
+            let cfg = load_config(&cli)?;
+            let region = Region::resolve(&args.region, cfg.region_spec(&args.region).as_ref())?;
+            let tiles = region.tile_count(HARVEST_ZOOM);
+            if tiles == 0 {
+                return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
+            }
+            // What needs confirming is what the run costs: tile requests (tiles x tilesets) and
+            // the days of tile budget they take.
+            let sets = cfg.harvest.tilesets.len() as u64;
+            let requests = tiles.saturating_mul(sets);
+            let days = requests as f64 / f64::from(cfg.limits.tiles_per_day);
+            if (requests > cfg.harvest.max_tiles_without_confirm || days > MAX_DAYS_WITHOUT_CONFIRM)
+                && !args.yes
+            {
+                return Err(CliError::Input(format!(
+                    "region {:?} covers {tiles} z14 tiles x {sets} tilesets = {requests} tile requests, {days:.1} days of limits.tiles_per_day = {} (more than harvest.max_tiles_without_confirm = {} requests or {MAX_DAYS_WITHOUT_CONFIRM} days); pass --yes to harvest it",
+                    region.name, cfg.limits.tiles_per_day, cfg.harvest.max_tiles_without_confirm
+                )));
+            }
+            if tiles > MAX_TILES_PER_RUN {
+                return Err(CliError::Input(format!(
+                    "region {:?} covers {tiles} z14 tiles; one run takes at most {MAX_TILES_PER_RUN}: split the region into several",
+                    region.name
+                )));
+            }
+            // Before the run exists there is nothing to clean up: an interrupt ends at once (a
+            // migration in flight rolls back with the connection).
+            let store = tokio::select! {
+                biased;
+                _ = pipeline::interrupt::wait() => return Err(CliError::Interrupted),
+                store = async {
+                    let store = connect(&cfg).await?;
+                    store.migrate().await?;
+                    Ok::<_, CliError>(store)
+                } => store?,
+            };
+            let opts = SyncOptions {
+                refresh_older_than: args.refresh_older_than,
+                max_tiles: args.max_tiles,
+                budget_day: args.budget_day,
+                trace: args.trace.clone(),
+                ignore_block: args.ignore_block,
+            };
+            let summary = pipeline::sync(&cfg.sync_settings(), &store, &region, opts).await?;
+            emit(&format!("{}\n", summary.render()))?;
+            Ok(exit::of_outcome(summary.outcome))
+        }
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<Store, CliError> {
+    let url = cfg.database.url.expose();
+    if url.is_empty() {
+        return Err(ConfigError::Value {
+            key: "database.url".into(),
+            problem: "is not set (set DATABASE_URL or database.url)".into(),
+        }
+        .into());
+    }
+    Ok(Store::connect(url, &cfg.database.schema, cfg.database.max_connections).await?)
+}
+
+async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
+    let url = cfg.database.url.expose();
+    if url.is_empty() {
+        return Err(ConfigError::Value {
+            key: "database.url".into(),
+            problem: "is not set (set DATABASE_URL or database.url)".into(),
+        }
+        .into());
+    }
+    Ok(Store::connect_read_only(url, &cfg.database.schema, cfg.database.max_connections.min(2)).await?)
+}
+
+async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
+    let runs = jobs::runs(store, 20).await?;
+    let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
+    if args.run.is_some() && runs.is_empty() {
+        return Err(CliError::Input(format!("no run with id {}", args.run.unwrap_or_default())));
+    }
+    let mut out = Vec::new();
+    for r in &runs {
+        let tiles = jobs::run_tiles(store, jobs::RunId(r.id)).await?;
+        out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>() }));
+    }
+    let mut text = String::new();
+    if args.json {
+        text = format!("{}\n", serde_json::to_string_pretty(&out)?);
+    } else if runs.is_empty() {
+        text.push_str("no runs yet\n");
+    } else {
+        use std::fmt::Write as _;
+        for (r, o) in runs.iter().zip(&out) {
+            // Writing into a String cannot fail.
+            let _ = writeln!(
+                text,
+                "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",
+                r.id,
+                printable(&r.region_name),
+                printable(&r.status),
+                r.started_at,
+                r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
+                r.tiles_done,
+                r.tiles_total,
+                r.tiles_failed,
+                r.tiles_pending,
+                r.tiles_leased
+            );
+            if let Some(tiles) = o["tiles"].as_array() {
+                for t in tiles {
+                    let _ = writeln!(
+                        text,
+                        "    {:<30} {:<8} {}",
+                        printable(t["tileset"].as_str().unwrap_or("")),
+                        printable(t["state"].as_str().unwrap_or("")),
+                        t["count"]
+                    );
+                }
+            }
+        }
+    }
+    emit(&text)?;
+    Ok(exit::OK)
+}
