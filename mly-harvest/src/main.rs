@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod exit;
 mod ops;
+mod summary;
 
 use cli::{Cli, LogFormat};
 use mly_contract::secret::scrub;
