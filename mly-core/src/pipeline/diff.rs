@@ -224,7 +224,8 @@ mod tests {
         // Stored in every row's tile_hash: a new format would make every record look changed.
         assert_eq!(image(1, 13.0).fingerprint(), image(1, 13.0).fingerprint());
         assert_ne!(image(1, 13.0).fingerprint(), image(1, 13.000_001).fingerprint());
-        let stored = r#"13.0000000|55.6000000|Some(1600000000000)|Some(90.0)|Some("s1")|Some(false)|None|Some(7)"#;
+        let stored =
+            r#"13.0000000|55.6000000|Some(1600000000000)|Some(90.0)|Some("s1")|Some(false)|None|Some(7)"#;
         assert_eq!(image(1, 13.0).fingerprint(), fnv1a(stored.as_bytes()) as i64);
     }
 
