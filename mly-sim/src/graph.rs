@@ -6,6 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::cdn::{Cdn, Thumb};
+use super::encode::detection_geometry_b64;
 use super::world::{SimDetection, SimFeature, SimImage, SimUser, World};
 use mly_contract::hash::splitmix64 as splitmix;
 
@@ -250,7 +251,7 @@ pub fn detection_json(ctx: &Ctx<'_>, d: &SimDetection, f: &Fields) -> Result<Val
         Ok(match name {
             "id" => Some(json!(d.id.to_string())),
             "created_at" => iso(d.created_at_ms).map(Value::String),
-            "geometry" => Some(json!(d.geometry_b64)),
+            "geometry" => Some(json!(detection_geometry_b64(&d.polygon_px))),
             "value" => Some(json!(d.value)),
             "image" => world
                 .image(d.image_id, epoch)
