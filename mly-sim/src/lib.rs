@@ -11,7 +11,6 @@ pub mod cdn;
 pub mod encode;
 pub mod faults;
 pub mod fixture;
-pub mod generalise;
 pub mod graph;
 pub mod limits;
 pub mod server;

@@ -17,15 +17,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use futures::StreamExt;
-use geozero::mvt::{Message, Tile, tile};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::cdn::{self, Cdn};
-use super::encode::{encode_tile, encode_tile_buffered, home_pixel};
+use super::encode::{
+    SummaryCache, empty_layer_tile, encode_low_zoom, encode_tile, encode_tile_buffered, home_pixel,
+};
 use super::faults::{Fault, Faults};
-use super::generalise::{SummaryCache, encode_low_zoom};
 use super::graph::{self, Ctx, Fields, UnknownField};
 use super::limits::{Family, Limits};
 use super::world::{SimImage, World};
@@ -256,17 +256,6 @@ impl Params {
     fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
     }
-}
-
-/// An MVT with one empty layer, as an earlier Mapillary tile API served for empty tiles.
-fn empty_mvt() -> Vec<u8> {
-    let layer = tile::Layer {
-        version: 2,
-        name: "mapillary-empty".into(),
-        extent: Some(EXTENT),
-        ..Default::default()
-    };
-    Tile { layers: vec![layer] }.encode_to_vec()
 }
 
 /// The position a point has after the tile encoder quantised it to its z14 tile's pixel grid: bbox
@@ -667,7 +656,7 @@ impl AppState {
             EmptyTile::Forbidden => {
                 ApiError::new(403, "Tile does not exist", "MLYApiException", 100).into_response()
             }
-            EmptyTile::MvtEmpty => protobuf(StatusCode::OK, Bytes::from(empty_mvt())),
+            EmptyTile::MvtEmpty => protobuf(StatusCode::OK, Bytes::from(empty_layer_tile())),
         }
     }
 
@@ -1268,11 +1257,5 @@ mod tests {
         assert!(matches!(Route::classify("/123/detections"), Route::Detections(_)));
         assert!(matches!(Route::classify("/maps/vtp/mly1_public/2/14/1/2"), Route::Tile { .. }));
         assert!(matches!(Route::classify("/"), Route::Multi));
-    }
-
-    #[test]
-    fn empty_mvt_decodes() {
-        let t = Tile::decode(empty_mvt().as_slice()).unwrap();
-        assert_eq!(t.layers[0].name, "mapillary-empty");
     }
 }
