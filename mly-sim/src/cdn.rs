@@ -12,14 +12,14 @@ use super::world::SimImage;
 use mly_contract::hash::splitmix64 as splitmix;
 
 /// How long a handed-out URL stays valid by default; real signed URLs live for days.
-pub const URL_TTL_SECS: i64 = 3 * 86_400;
+pub(crate) const URL_TTL_SECS: i64 = 3 * 86_400;
 
 /// Path prefix of image URLs (the real CDN's).
-pub const PATH_PREFIX: &str = "/m1/v/t6/";
+pub(crate) const PATH_PREFIX: &str = "/m1/v/t6/";
 
 /// The four sizes the Graph API hands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Thumb {
+pub(crate) enum Thumb {
     /// `thumb_256_url`: 256 px wide.
     S256,
     /// `thumb_1024_url`: 1024 px wide.
@@ -32,7 +32,7 @@ pub enum Thumb {
 
 impl Thumb {
     /// The Graph field naming this size.
-    pub fn from_field(field: &str) -> Option<Thumb> {
+    pub(crate) fn from_field(field: &str) -> Option<Thumb> {
         Some(match field {
             "thumb_256_url" => Thumb::S256,
             "thumb_1024_url" => Thumb::S1024,
@@ -53,7 +53,7 @@ impl Thumb {
 }
 
 /// (width, height) of a thumbnail of an image of `w`×`h`: the thumbnail's width, the image's aspect.
-pub fn thumb_size(w: u32, h: u32, kind: Thumb) -> (u32, u32) {
+pub(crate) fn thumb_size(w: u32, h: u32, kind: Thumb) -> (u32, u32) {
     let (w, h) = (w.max(1), h.max(1));
     match kind.width() {
         None => (w, h),
@@ -67,7 +67,7 @@ pub fn thumb_size(w: u32, h: u32, kind: Thumb) -> (u32, u32) {
 
 /// Where image URLs point and how they are signed.
 #[derive(Debug, Clone)]
-pub struct Cdn {
+pub(crate) struct Cdn {
     base: String,
     key: u64,
     ttl_s: i64,
@@ -75,18 +75,18 @@ pub struct Cdn {
 
 /// What a valid image URL asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageRequest {
+pub(crate) struct ImageRequest {
     /// The image id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Width of the JPEG.
-    pub width: u32,
+    pub(crate) width: u32,
     /// Height of the JPEG.
-    pub height: u32,
+    pub(crate) height: u32,
 }
 
 /// Why an image URL is refused (both are 403 on the real CDN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CdnRefusal {
+pub(crate) enum CdnRefusal {
     /// The path or signature was not made by this simulator.
     #[error("Bad URL hash")]
     BadHash,
@@ -98,7 +98,7 @@ pub enum CdnRefusal {
 impl Cdn {
     /// URLs under `base` (scheme, host and port; a trailing `/` is dropped), signed with `seed`,
     /// valid for `ttl_s` seconds.
-    pub fn new(base: &str, seed: u64, ttl_s: i64) -> Cdn {
+    pub(crate) fn new(base: &str, seed: u64, ttl_s: i64) -> Cdn {
         Cdn {
             base: base.trim_end_matches('/').to_string(),
             key: splitmix(seed ^ 0x6364_6e5f_6b65_7921),
@@ -112,7 +112,7 @@ impl Cdn {
     }
 
     /// The signed URL of `img` at size `kind`, valid for the TTL after `now_s`.
-    pub fn url(&self, img: &SimImage, kind: Thumb, now_s: i64) -> String {
+    pub(crate) fn url(&self, img: &SimImage, kind: Thumb, now_s: i64) -> String {
         let (w, h) = thumb_size(img.width, img.height, kind);
         let opaque = format!("An{:x}_{w}x{h}", img.id);
         let oe = now_s + self.ttl_s;
@@ -129,7 +129,7 @@ impl Cdn {
     }
 
     /// Checks an image URL's opaque path part and query (`oh`, `oe`) at time `now_s`.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         opaque: &str,
         query: &[(String, String)],
@@ -162,7 +162,7 @@ impl Cdn {
 }
 
 /// The grey level of an image's JPEG (deterministic per id, never pure black or white).
-pub fn grey_level(id: i64) -> u8 {
+pub(crate) fn grey_level(id: i64) -> u8 {
     32 + (splitmix(id as u64 ^ 0x6772_6579) % 192) as u8
 }
 
@@ -230,7 +230,7 @@ fn dc_code(cat: u32) -> (u32, u32) {
 /// Every 8×8 block is flat, so only DC coefficients are coded: the first block's value, then a
 /// difference of 0 and an end-of-block per block (3 bits), which keeps even a 16-megapixel
 /// original around 100 KB and its encoding instant.
-pub fn flat_jpeg(width: u16, height: u16, level: u8) -> Vec<u8> {
+pub(crate) fn flat_jpeg(width: u16, height: u16, level: u8) -> Vec<u8> {
     let mut j = Vec::with_capacity(1024);
     j.extend_from_slice(&[0xFF, 0xD8]);
     // JFIF APP0: version 1.01, no density units, 1:1 aspect.

@@ -32,7 +32,7 @@ pub(crate) use pixels::home_pixel;
 
 /// The MVT bytes of tileset `ts` for z14 tile content (empty Vec if the tile has nothing for that
 /// tileset), without render-buffer copies.
-pub fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
+pub(crate) fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
     encode_tile_buffered(tw, &[], ts)
 }
 
@@ -40,7 +40,7 @@ pub fn encode_tile(tw: &TileWorld, ts: Tileset) -> Vec<u8> {
 /// z14 tiles' worlds) that lie within [`RENDER_BUFFER_PX`] of this tile's edge, drawn after the
 /// tile's own records at coordinates quantised to this tile and always outside [0, extent), so
 /// each record is inside exactly one tile (its home).
-pub fn encode_tile_buffered(tw: &TileWorld, neighbours: &[Arc<TileWorld>], ts: Tileset) -> Vec<u8> {
+pub(crate) fn encode_tile_buffered(tw: &TileWorld, neighbours: &[Arc<TileWorld>], ts: Tileset) -> Vec<u8> {
     let layers = match ts {
         Tileset::Public => coverage_layers(tw, neighbours, false),
         Tileset::ComputedPublic => coverage_layers(tw, neighbours, true),

@@ -17,12 +17,12 @@ use super::streets::Frame;
 use super::users::{USERS, user_id};
 use mly_contract::hash::{fnv1a, splitmix64 as mix};
 
-pub use crate::fixture::FIXTURE_TILE;
+pub(super) use crate::fixture::FIXTURE_TILE;
 use crate::fixture::{FixtureError, FixtureTile};
 
 /// The loaded fixture (`--fixtures DIR`): its records and the id index that routes lookups to it.
 #[derive(Debug)]
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub(super) tile: FixtureTile,
     pub(super) image_ids: HashSet<i64>,
     pub(super) sequence_ids: HashSet<String>,
@@ -30,7 +30,7 @@ pub struct Fixture {
 
 impl Fixture {
     /// Reads the real Zürich tile from `dir` with the simulator's own reader.
-    pub fn load(dir: &Path) -> Result<Fixture, FixtureError> {
+    pub(crate) fn load(dir: &Path) -> Result<Fixture, FixtureError> {
         let tile = crate::fixture::load(dir)?;
         let image_ids = tile.images.iter().map(|i| i.id).collect();
         let sequence_ids = tile

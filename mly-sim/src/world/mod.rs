@@ -27,17 +27,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use mly_contract::tiles::{HARVEST_ZOOM, TileId};
 
 use density::{CITIES, density};
-use fixture_world::{Fx, fixture_world, is_fixture_image};
+use fixture_world::{FIXTURE_TILE, Fx, fixture_world, is_fixture_image};
 use generate::generate;
 use ids::{KIND_FEATURE, KIND_IMAGE, LOCAL_EDGE, LOCAL_NEW, SEQ_EDGE, parse_sequence_id, split_id};
 use movers::{edge_sequence, neighbour};
 use sequences::sim_sequence;
 
-pub(crate) use fixture_world::{FIXTURE_TILE, Fixture};
+pub(crate) use fixture_world::Fixture;
 pub(crate) use records::{SimDetection, SimFeature, SimImage, SimSequence, SimUser, TileWorld};
 
 /// The simulated world; cheap to share as `Arc<World>`.
-pub struct World {
+pub(crate) struct World {
     seed: u64,
     cache: Mutex<Lru>,
     /// The real capture served at [`FIXTURE_TILE`] (only when `--fixtures` names it).
@@ -80,12 +80,13 @@ impl Lru {
 
 impl World {
     /// A synthetic world determined entirely by `seed`.
-    pub fn new(seed: u64) -> World {
+    #[cfg(test)]
+    pub(crate) fn new(seed: u64) -> World {
         World::with_fixture(seed, None)
     }
 
     /// A world determined by `seed` that serves the real capture `fixture` at its tile.
-    pub fn with_fixture(seed: u64, fixture: Option<Fixture>) -> World {
+    pub(crate) fn with_fixture(seed: u64, fixture: Option<Fixture>) -> World {
         World {
             seed,
             cache: Mutex::new(Lru { tick: 0, map: HashMap::new() }),
@@ -107,7 +108,7 @@ impl World {
     }
 
     /// The real tile bytes served verbatim for `mly1_public` at this tile, if it is the fixture tile.
-    pub fn verbatim_public_tile(&self, tile: TileId) -> Option<&[u8]> {
+    pub(crate) fn verbatim_public_tile(&self, tile: TileId) -> Option<&[u8]> {
         if tile != FIXTURE_TILE {
             return None;
         }
@@ -115,7 +116,7 @@ impl World {
     }
 
     /// The content of z14 tile `tile` at `epoch` (cached); a deeper tile is taken as its z14 ancestor.
-    pub fn tile(&self, tile: TileId, epoch: u32) -> Arc<TileWorld> {
+    pub(crate) fn tile(&self, tile: TileId, epoch: u32) -> Arc<TileWorld> {
         let tile = tile.ancestor_at(HARVEST_ZOOM);
         if tile == FIXTURE_TILE
             && let Some(tw) = self.fixture_tile()
@@ -134,7 +135,8 @@ impl World {
     }
 
     /// The target image count of a tile, computed without generating it.
-    pub fn expected_images(&self, tile: TileId) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn expected_images(&self, tile: TileId) -> u32 {
         let tile = tile.ancestor_at(HARVEST_ZOOM);
         if tile == FIXTURE_TILE
             && let Some(fx) = self.fx()
@@ -146,7 +148,7 @@ impl World {
 
     /// Whether the z14 tile can hold records, decided without generating it (tiles that only
     /// receive a neighbour's movers answer `false`).
-    pub fn may_have_data(&self, tile: TileId) -> bool {
+    pub(crate) fn may_have_data(&self, tile: TileId) -> bool {
         let tile = tile.ancestor_at(HARVEST_ZOOM);
         if (tile == FIXTURE_TILE && self.fixture.is_some()) || density(self.seed, tile) > 0 {
             return true;
@@ -156,7 +158,7 @@ impl World {
     }
 
     /// The z14 tiles holding a city centre (the densest tiles of the world) that lie within `tile`.
-    pub fn city_cores_within(&self, tile: TileId) -> Vec<TileId> {
+    pub(crate) fn city_cores_within(&self, tile: TileId) -> Vec<TileId> {
         CITIES
             .iter()
             .map(|&(lon, lat)| TileId::containing(HARVEST_ZOOM, lon, lat))
@@ -165,7 +167,7 @@ impl World {
     }
 
     /// The image with this id at `epoch`, or `None` if it never existed or was deleted.
-    pub fn image(&self, id: i64, epoch: u32) -> Option<SimImage> {
+    pub(crate) fn image(&self, id: i64, epoch: u32) -> Option<SimImage> {
         // Fixture ids also decode as synthetic ids (kind 0, some far-away tile): the index wins.
         if is_fixture_image(self.fx(), id) {
             let tw = self.fixture_tile()?;
@@ -186,7 +188,7 @@ impl World {
     }
 
     /// The map feature with this id at `epoch`.
-    pub fn map_feature(&self, id: i64, epoch: u32) -> Option<SimFeature> {
+    pub(crate) fn map_feature(&self, id: i64, epoch: u32) -> Option<SimFeature> {
         // An id names one entity only: a fixture image is never also a synthetic feature.
         if is_fixture_image(self.fx(), id) {
             return None;
@@ -200,7 +202,7 @@ impl World {
     }
 
     /// The sequence with this id at `epoch` (all of its surviving images, in capture order).
-    pub fn sequence(&self, id: &str, epoch: u32) -> Option<SimSequence> {
+    pub(crate) fn sequence(&self, id: &str, epoch: u32) -> Option<SimSequence> {
         if self.fx().is_some_and(|f| f.sequence_ids.contains(id)) {
             let tw = self.fixture_tile()?;
             return tw
@@ -220,7 +222,7 @@ impl World {
     }
 
     /// The detections in an image, or `None` if the image does not exist.
-    pub fn detections_of_image(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
+    pub(crate) fn detections_of_image(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
         self.image(id, epoch)?;
         let tw = if is_fixture_image(self.fx(), id) {
             self.fixture_tile()?
@@ -232,7 +234,7 @@ impl World {
     }
 
     /// The detections of a map feature, or `None` if the feature does not exist.
-    pub fn detections_of_feature(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
+    pub(crate) fn detections_of_feature(&self, id: i64, epoch: u32) -> Option<Vec<SimDetection>> {
         let f = self.map_feature(id, epoch)?;
         let tw = self.tile(split_id(f.id)?.1, epoch);
         Some(tw.detections.iter().filter(|d| d.map_feature_id == Some(id)).cloned().collect())

@@ -28,7 +28,7 @@ pub(super) fn username(seed: u64, id: i64) -> String {
 
 impl World {
     /// The user with this id, if it is one of the world's creators.
-    pub fn user(&self, id: i64) -> Option<SimUser> {
+    pub(crate) fn user(&self, id: i64) -> Option<SimUser> {
         if is_fixture_image(self.fx(), id) {
             return None;
         }
@@ -39,7 +39,7 @@ impl World {
     }
 
     /// The ids of the world's creators called `name` (generated names can repeat).
-    pub fn users_named(&self, name: &str) -> Vec<i64> {
+    pub(crate) fn users_named(&self, name: &str) -> Vec<i64> {
         let names = self.usernames.get_or_init(|| {
             let mut m: HashMap<String, Vec<i64>> = HashMap::new();
             for k in 0..USERS {
@@ -57,7 +57,7 @@ impl World {
     /// creators. The tiles are those with data in the regions whose band holds `user`, with a rim of
     /// one tile (drives that moved across a region border), plus the real fixture tile, whose
     /// creators are drawn from all users. Global searches by creator scan just these.
-    pub fn creator_tiles(&self, user: i64) -> Vec<TileId> {
+    pub(crate) fn creator_tiles(&self, user: i64) -> Vec<TileId> {
         let Some((KIND_USER, _, local)) = split_id(user) else { return Vec::new() };
         let k = (local - 1) as u64;
         let n = 1i64 << HARVEST_ZOOM;
