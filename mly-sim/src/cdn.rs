@@ -8,7 +8,7 @@
 //! hash") and one whose hex expiry `oe` has passed (403 "URL signature expired"), so clients must
 //! ask the Graph API for fresh URLs rather than store them.
 
-use super::world::SimImage;
+use crate::world::SimImage;
 use mly_contract::hash::splitmix64 as splitmix;
 
 /// How long a handed-out URL stays valid by default; real signed URLs live for days.

@@ -25,7 +25,7 @@ use std::path::Path;
 use mly_contract::hash::{splitmix64 as splitmix, unit};
 use serde::Deserialize;
 
-use super::limits::Family;
+use crate::limits::Family;
 use mly_contract::tiles::TileId;
 
 /// Errors while loading a faults file.

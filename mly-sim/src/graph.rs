@@ -5,9 +5,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::cdn::{Cdn, Thumb};
-use super::encode::detection_geometry_b64;
-use super::world::{SimDetection, SimFeature, SimImage, SimUser, World};
+use crate::cdn::{Cdn, Thumb};
+use crate::encode::detection_geometry_b64;
+use crate::world::{SimDetection, SimFeature, SimImage, SimUser, World};
 use mly_contract::hash::splitmix64 as splitmix;
 
 /// What rendering a Graph answer needs besides the record: the world (for edges), the epoch, the

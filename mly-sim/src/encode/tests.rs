@@ -144,3 +144,35 @@ fn empty_layer_tile_decodes() {
     let t = Tile::decode(empty_layer_tile().as_slice()).unwrap();
     assert_eq!(t.layers[0].name, "mapillary-empty");
 }
+
+#[test]
+fn same_seed_same_bytes_other_seed_differs() {
+    let t = suburb();
+    let (a, b, c) = (World::new(7), World::new(7), World::new(8));
+    for ts in Tileset::ALL {
+        let (x, y) = (encode_tile(&a.tile(t, 0), ts), encode_tile(&b.tile(t, 0), ts));
+        assert!(!x.is_empty(), "{ts} empty");
+        assert_eq!(x, y, "{ts}");
+        assert_ne!(x, encode_tile(&c.tile(t, 0), ts), "{ts}");
+    }
+}
+
+#[test]
+#[ignore = "timing; run with --release --ignored --nocapture"]
+fn dense_tile_generation_speed() {
+    let w = World::new(1);
+    let t0 = std::time::Instant::now();
+    let tw = w.tile(TileId::containing(14, 13.0, 55.6), 0);
+    let gen_t = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    let bytes = encode_tile(&tw, Tileset::Public);
+    println!(
+        "{} images, {} sequences, {} features: generate {:?}, encode {:?}, {} bytes",
+        tw.images.len(),
+        tw.sequences.len(),
+        tw.features.len(),
+        gen_t,
+        t1.elapsed(),
+        bytes.len()
+    );
+}

@@ -4,8 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::*;
-use crate::encode::encode_tile;
-use mly_contract::{FeatureKind, Tileset};
+use mly_contract::FeatureKind;
 
 fn malmo_core() -> TileId {
     TileId::containing(14, 13.0, 55.6)
@@ -24,16 +23,15 @@ fn suburb() -> TileId {
 }
 
 #[test]
-fn same_seed_same_bytes_other_seed_differs() {
+fn same_seed_same_world_other_seed_differs() {
     let t = suburb();
     let (a, b, c) = (World::new(7), World::new(7), World::new(8));
-    for ts in Tileset::ALL {
-        let (x, y) = (encode_tile(&a.tile(t, 0), ts), encode_tile(&b.tile(t, 0), ts));
-        assert!(!x.is_empty(), "{ts} empty");
-        assert_eq!(x, y, "{ts}");
-        assert_ne!(x, encode_tile(&c.tile(t, 0), ts), "{ts}");
+    for epoch in [0, 3] {
+        let (x, y) = (a.tile(t, epoch), b.tile(t, epoch));
+        assert!(!x.images.is_empty() && !x.features.is_empty() && !x.detections.is_empty());
+        assert_eq!(*x, *y, "epoch {epoch}");
+        assert_ne!(x.images, c.tile(t, epoch).images, "epoch {epoch}");
     }
-    assert_eq!(*a.tile(t, 3), *b.tile(t, 3));
 }
 
 #[test]
@@ -199,8 +197,7 @@ fn fixture_tile_is_real_static_and_consistent() {
     assert_eq!(w.verbatim_public_tile(neighbour(FIXTURE_TILE, 1).expect("east")), None);
     for epoch in [0, 1, 17] {
         let tw = w.tile(FIXTURE_TILE, epoch);
-        assert!(encode_tile(&tw, Tileset::FeaturePoint).is_empty());
-        assert!(encode_tile(&tw, Tileset::FeatureTrafficSign).is_empty());
+        assert!(tw.features.is_empty() && tw.detections.is_empty());
     }
     assert_eq!(*w.tile(FIXTURE_TILE, 0), *w.tile(FIXTURE_TILE, 30));
     let tw = w.tile(FIXTURE_TILE, 0);
@@ -272,24 +269,4 @@ fn fixture_ids_never_resolve_to_synthetic_records() {
             px <= 0.0 || py <= 0.0 || px >= 4096.0 || py >= 4096.0
         }));
     }
-}
-
-#[test]
-#[ignore = "timing; run with --release --ignored --nocapture"]
-fn dense_tile_generation_speed() {
-    let w = World::new(1);
-    let t0 = std::time::Instant::now();
-    let tw = w.tile(malmo_core(), 0);
-    let gen_t = t0.elapsed();
-    let t1 = std::time::Instant::now();
-    let bytes = encode_tile(&tw, Tileset::Public);
-    println!(
-        "{} images, {} sequences, {} features: generate {:?}, encode {:?}, {} bytes",
-        tw.images.len(),
-        tw.sequences.len(),
-        tw.features.len(),
-        gen_t,
-        t1.elapsed(),
-        bytes.len()
-    );
 }
