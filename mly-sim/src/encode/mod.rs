@@ -1,5 +1,6 @@
 //! MVT encoding of the simulated world: coverage tiles (`mly1_public`, `mly1_computed_public`),
-//! map-feature tiles, and the base64 MVT blobs of detection geometries.
+//! map-feature tiles, and the base64 MVT blobs of detection geometries; plus the flat JPEGs
+//! behind the image URLs (`jpeg`).
 //!
 //! The byte layout follows the real 2024 `mly1_public` tile (layer order, key order, value kinds,
 //! positional feature ids), so the harvester's decoder is exercised against the real format.
@@ -10,6 +11,7 @@
 mod coverage;
 mod detection;
 mod features;
+mod jpeg;
 mod layer;
 mod low_zoom;
 mod pixels;
@@ -26,6 +28,7 @@ use features::feature_layers;
 use mly_contract::{FeatureKind, Tileset};
 
 pub(crate) use detection::detection_geometry_b64;
+pub(crate) use jpeg::flat_jpeg;
 pub(crate) use layer::empty_layer_tile;
 pub(crate) use low_zoom::{SummaryCache, encode_low_zoom};
 pub(crate) use pixels::home_pixel;

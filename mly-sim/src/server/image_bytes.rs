@@ -7,6 +7,7 @@ use axum::response::Response;
 use super::AppState;
 use super::route::Params;
 use crate::cdn;
+use crate::encode::flat_jpeg;
 
 impl AppState {
     /// Serves an image URL: a flat JPEG of the signed size, or the CDN's 403 for an expired or
@@ -26,7 +27,7 @@ impl AppState {
         let (Ok(w), Ok(h)) = (u16::try_from(req.width), u16::try_from(req.height)) else {
             return refused(cdn::CdnRefusal::BadHash);
         };
-        let mut r = Response::new(Body::from(cdn::flat_jpeg(w, h, cdn::grey_level(req.id))));
+        let mut r = Response::new(Body::from(flat_jpeg(w, h, cdn::grey_level(req.id))));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
         r
     }
