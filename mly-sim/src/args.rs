@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::cdn;
+use crate::latency::LatencySpec;
 
 /// How tiles without any data answer (the real behaviour is undocumented).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +59,17 @@ Tile behaviours (/maps/vtp/TILESET/2/Z/X/Y):
   - render buffer: records within 64 px of a z14 tile's edge also appear in the neighbouring tile,
     at coordinates quantised to it and outside [0, 4096) (on by default; --no-render-buffer: off)
   - ETag / If-None-Match -> 304; tiles without data answer as --empty-tile says
+
+Latency (--latency SPEC, off by default; 'realistic' = '1s' for every family, or per family as
+'tiles=1.2s,search=1s,entity=0.6s,cdn=0.3s', cdn being the image URLs):
+  - every answer of a family with a median m (304s, errors, throttles and faults included) is
+    held until m x f after the request arrived: f = exp(0.35 Z) for a standard normal Z, clamped
+    to [0.4, 3]; for 3 % of requests f is uniform in [3, 5] (the heavy tail). So never sooner than
+    0.4 m nor later than 5 m; median m, mean about 1.15 m
+  - deterministic for --seed: a hash of the request (path and query without the token) and how
+    often it was made before, whatever the order of concurrent requests; a timer, so any number
+    of requests wait at once
+  - /__sim/stats \"latency\": per family its median_ms and the count, mean_ms and max_ms applied
 
 Files: nothing outside the binary is read unless named: --faults FILE, --access-log FILE, and
 --fixtures DIR (the real Zurich tile 14/8574/5735 served verbatim, its images on the Graph API).
@@ -134,6 +146,12 @@ pub struct SimulateArgs {
     /// answers 403 like the CDN.
     #[arg(long, value_name = "SECS", default_value_t = cdn::URL_TTL_SECS)]
     pub url_ttl: i64,
+    /// How long answers take: `off` (default: at once), `realistic` or `1s` (every family about
+    /// 1 s, like the live API), or per family, e.g. `tiles=1.2s,search=1s,entity=0.6s,cdn=0.3s`
+    /// (`cdn`: the image URLs). Log-normal around the median (σ 0.35, within 0.4–3×) and 3 % of
+    /// answers 3–5× the median; deterministic for a seed; `/__sim/stats` reports what was applied.
+    #[arg(long, value_name = "SPEC", default_value = "off", value_parser = LatencySpec::parse)]
+    pub latency: LatencySpec,
 }
 
 impl SimulateArgs {
@@ -157,6 +175,7 @@ impl SimulateArgs {
             no_render_buffer: false,
             public_url: None,
             url_ttl: cdn::URL_TTL_SECS,
+            latency: LatencySpec::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod encode;
 mod faults;
 pub mod fixture;
 mod graph;
+mod latency;
 mod limits;
 mod server;
 mod world;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use args::{EmptyTile, HELP, SimulateArgs};
 pub use faults::FaultsError;
 pub use fixture::FixtureError;
+pub use latency::LatencySpec;
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -33,6 +33,7 @@ use crate::cdn::{self, Cdn};
 use crate::encode::SummaryCache;
 use crate::faults::{Fault, Faults};
 use crate::graph::Ctx;
+use crate::latency::{Channel, Latency};
 use crate::limits::Limits;
 use crate::world::{SimImage, World};
 use crate::{EmptyTile, SimError, SimulateArgs};
@@ -74,6 +75,8 @@ pub(crate) struct AppState {
     block: Mutex<BlockState>,
     /// Requests per (tileset, tile) so far, for `[tiles] transient_404`.
     tile_asks: Mutex<HashMap<(String, TileId), u64>>,
+    /// How long answers take (`--latency`).
+    latency: Latency,
 }
 
 /// A finished global creator search: (username, epoch) and the images found.
@@ -136,6 +139,7 @@ impl AppState {
             access_log,
             block: Mutex::new(BlockState::default()),
             tile_asks: Mutex::new(HashMap::new()),
+            latency: Latency::new(args.latency, args.seed),
         })
     }
 
@@ -221,13 +225,17 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let params =
         Params(Query::<Vec<(String, String)>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default());
     if let Some(opaque) = path.strip_prefix(cdn::PATH_PREFIX) {
-        // Image bytes come from the CDN: no token, no API quota, no API faults (§4.3, §7).
+        // Image bytes come from the CDN: no token, no API quota, no API faults (§4.3, §7). Its
+        // query holds the URL's expiry, so the path alone names the request.
+        let delay = st.latency.draw(Channel::Cdn, path.as_bytes());
         let resp = st.image_bytes(opaque, &params);
+        answer_after(started, delay).await;
         let status = resp.status().as_u16().to_string();
         st.log_request(&status, "cdn", started.elapsed().as_millis(), &path, &query, None);
         return resp;
     }
     let family = route.family();
+    let delay = st.latency.draw(Channel::Api(family), &request_identity(&path, &params));
     let n = st.counter.fetch_add(1, Ordering::Relaxed);
     let conn = req.extensions().get::<ConnectInfo<ConnCtl>>().map(|c| c.0.clone());
     let headers = req.headers().clone();
@@ -241,13 +249,35 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
             resp.headers_mut().insert("x-app-usage", v);
         }
     }
+    answer_after(started, delay).await;
     let status =
         if fault == Some("reset") { "reset".to_string() } else { resp.status().as_u16().to_string() };
     st.stats().count_status(&status);
     let ms = started.elapsed().as_millis();
-    tracing::debug!(status = %status, family = family.name(), ms = ms as u64, path = %path, "request");
+    let latency_ms = delay.map_or(0, |d| d.as_millis() as u64);
+    tracing::debug!(status = %status, family = family.name(), ms = ms as u64, latency_ms, path = %path, "request");
     st.log_request(&status, family.name(), ms, &path, &query, fault);
     resp
+}
+
+/// Holds the answer until `delay` after the request arrived (the latency model; its draw already
+/// includes the time the simulator itself took). A timer, not a thread: waits overlap freely.
+async fn answer_after(started: Instant, delay: Option<Duration>) {
+    if let Some(d) = delay {
+        tokio::time::sleep_until((started + d).into()).await;
+    }
+}
+
+/// What names an API request for the latency draws: its path and query without the token.
+fn request_identity(path: &str, p: &Params) -> Vec<u8> {
+    let mut id = path.as_bytes().to_vec();
+    for (k, v) in p.0.iter().filter(|(k, _)| k != "access_token") {
+        id.push(0);
+        id.extend_from_slice(k.as_bytes());
+        id.push(b'=');
+        id.extend_from_slice(v.as_bytes());
+    }
+    id
 }
 
 /// Builds the router over shared state.

@@ -62,6 +62,7 @@ impl AppState {
             "statuses": s.statuses,
             "faults": s.faults,
             "max_per_minute": maxes,
+            "latency": self.latency.stats_json(),
         })
     }
 }
