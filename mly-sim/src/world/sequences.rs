@@ -12,20 +12,26 @@ use mly_contract::tiles::TileId;
 /// What all images of one sequence share.
 #[derive(Default)]
 pub(super) struct SeqAttrs {
+    /// The 22-character sequence id.
     pub(super) id: String,
+    /// Capture time of its first image.
     pub(super) captured_at_ms: i64,
     pub(super) is_pano: bool,
     pub(super) creator_id: i64,
     pub(super) organization_id: Option<i64>,
+    /// Index into `images::CAMERAS`.
     pub(super) camera: usize,
     /// Metres per second, for capture times along the drive.
     pub(super) speed: f64,
+    /// Metres between consecutive images.
     pub(super) step: f64,
+    /// Images the drive aims for.
     pub(super) len: usize,
     /// A walk (the plaza sequences), not a drive.
     pub(super) foot: bool,
 }
 
+/// The attributes of sequence `index` of `kind` in `tile`, made at epoch `created_epoch`.
 pub(super) fn seq_attrs(
     seed: u64,
     tile: TileId,
