@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use mly_contract::tiles::HARVEST_ZOOM;
 use mly_core::jobs::{self, JobsError};
-use mly_core::pipeline::{self, PipelineError, SyncOptions, plan};
+use mly_core::pipeline::{self, PipelineError, SyncOptions, estimate};
 use mly_core::region::{Region, RegionError};
 use mly_core::store::{Store, StoreError};
 use mly_sim::{SimError, SimulateArgs};
@@ -106,6 +106,10 @@ pub struct SyncArgs {
     /// Re-enrich records enriched longer ago than this (e.g. 30d, at most 100 years), within the quota.
     #[arg(long, value_parser = parse_age)]
     pub refresh_older_than: Option<Duration>,
+    /// Re-read every harvested tile at least this often, a slice each night (default 7d); tiles
+    /// not due are fetched only where the z12 tile above them shows a change. 0s re-reads all.
+    #[arg(long, value_parser = parse_age)]
+    pub refresh_tiles_older_than: Option<Duration>,
     /// Stop after this many tiles (for trying things out); the run resumes later.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN))]
     pub max_tiles: Option<u64>,
@@ -255,8 +259,12 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
         Command::Plan(ref args) => {
             let cfg = load_config(&cli)?;
             let region = Region::resolve(&args.region, cfg.region_spec(&args.region).as_ref())?;
-            let est =
-                plan::estimate(&region, &cfg.harvest_settings(), &cfg.limit_settings(), args.images_per_tile);
+            let est = estimate::estimate(
+                &region,
+                &cfg.harvest_settings(),
+                &cfg.limit_settings(),
+                args.images_per_tile,
+            );
             if args.json {
                 emit(&format!("{}\n", serde_json::to_string_pretty(&est)?))?;
             } else {
@@ -355,6 +363,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 budget_day: args.budget_day,
                 trace: args.trace.clone(),
                 ignore_block: args.ignore_block,
+                refresh_tiles_older_than: args.refresh_tiles_older_than,
             };
             let summary = pipeline::sync(&cfg.sync_settings(), &store, &region, opts).await?;
             emit(&format!("{}\n", crate::summary::render(&summary)))?;
@@ -415,7 +424,7 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
             // Writing into a String cannot fail.
             let _ = writeln!(
                 text,
-                "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",
+                "run {} {} [{}] started {}{}: {}/{} tiles done, {} skipped, {} failed, {} pending, {} leased",
                 r.id,
                 printable(&r.region_name),
                 r.status,
@@ -423,6 +432,7 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
                 r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
                 r.tiles_done,
                 r.tiles_total,
+                r.tiles_skipped,
                 r.tiles_failed,
                 r.tiles_pending,
                 r.tiles_leased

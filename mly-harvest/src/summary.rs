@@ -7,14 +7,17 @@ pub fn render(s: &SyncSummary) -> String {
     let p = &s.this_process;
     let r = &s.requests;
     format!(
-        "run {} ({}) {:?}: tiles {}/{} done, {} failed, {} pending\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted (confirmed by {} Graph calls); {} missing_from_tile (kept), {} moved out, {} tiles re-read; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
+        "run {} ({}) {:?}: tiles {}/{} done, {} skipped, {} failed, {} pending\n  plan: {} coverage probes, {} low-zoom tiles (a skipped tile was found empty, or its low-zoom tile showed no change)\n  this process: {} tiles ({} unchanged), {} images, {} features; {} new, {} changed, {} deleted (confirmed by {} Graph calls); {} missing_from_tile (kept), {} moved out, {} tiles re-read; {} enriched, {} missing upstream\n  requests: {} tiles ({} not modified), {} search, {} entity; {} retries, {} throttled; {:.1} s",
         s.run_id,
         if s.resumed { "resumed" } else { "new" },
         s.outcome,
         s.tiles_done,
         s.tiles_total,
+        s.tiles_skipped,
         s.tiles_failed,
         s.tiles_pending,
+        s.planning.probes,
+        s.planning.low_zoom_requests,
         p.tiles_done,
         p.tiles_unchanged,
         p.images,

@@ -141,9 +141,12 @@ fn metrics_file_parses_and_equals_the_run_summary_and_logs_are_json() {
     assert!(lines >= 2, "expected log lines, got: {stderr}");
     assert!(stderr.contains("\"message\":\"run finished\""), "{stderr}");
 
-    // A re-run: every tile answers 304, so the tiles are "unchanged", and nothing is new.
-    let summary2 =
-        sync_ok(&run(&["sync", SUBURB, "--metrics-file", prom.to_str().unwrap()], &harvest_env(&sim, &db)));
+    // A re-run that re-reads every tile: each answers 304, so the tiles are "unchanged", and
+    // nothing is new.
+    let summary2 = sync_ok(&run(
+        &["sync", SUBURB, "--refresh-tiles-older-than=0s", "--metrics-file", prom.to_str().unwrap()],
+        &harvest_env(&sim, &db),
+    ));
     let m2 = metrics(&prom);
     assert_eq!(m2["mly_harvest_run_id{}"], 2.0, "{summary2}");
     let unchanged: f64 = m2
@@ -153,6 +156,17 @@ fn metrics_file_parses_and_equals_the_run_summary_and_logs_are_json() {
         .sum();
     assert_eq!(unchanged, before(&summary2, " unchanged"), "{summary2}");
     assert_eq!(m2["mly_harvest_run_records{change=new}"], 0.0);
+    // A nightly re-run: the low-zoom tiles show no change, so every tile is skipped unread.
+    let summary3 =
+        sync_ok(&run(&["sync", SUBURB, "--metrics-file", prom.to_str().unwrap()], &harvest_env(&sim, &db)));
+    let m3 = metrics(&prom);
+    let skipped: f64 = m3
+        .iter()
+        .filter(|(k, _)| k.starts_with("mly_harvest_run_tiles{") && k.contains("state=skipped"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(skipped > 0.0, "{summary3}");
+    assert_eq!(skipped, before(&summary3, " skipped"), "{summary3}");
     assert!(
         !dir.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
     );
@@ -180,8 +194,14 @@ fn a_failed_run_still_writes_the_metrics_file_and_keeps_the_last_success() {
     assert_eq!(m["mly_harvest_run_outcome{outcome=done}"], 0.0);
     assert_eq!(m["mly_harvest_run_exit_code{}"], 6.0);
     assert_eq!(m["mly_harvest_run_success{}"], 0.0);
-    assert_eq!(m["mly_harvest_run_id{}"], 2.0, "the failed run got as far as planning");
-    assert!(m["mly_harvest_run_requests{family=tiles}"] >= 1.0, "its requests are counted");
+    // The refused token stopped it while it was planned (at its first request, a coverage probe
+    // or a low-zoom tile): no run was created, and the request is counted.
+    assert!(!m.contains_key("mly_harvest_run_id{}"), "{m:?}");
+    let requests: f64 = ["tiles", "search", "entity"]
+        .iter()
+        .map(|f| m[&format!("mly_harvest_run_requests{{family={f}}}")])
+        .sum();
+    assert!(requests >= 1.0, "its requests are counted: {m:?}");
     assert_eq!(m["mly_harvest_last_success_timestamp_seconds{}"], success, "the last success is kept");
     assert!(m["mly_harvest_run_end_timestamp_seconds{}"] > success);
     assert!(

@@ -128,7 +128,14 @@ fn a_permanently_failing_tile_is_partial_and_only_it_is_retried() {
     );
     let tilesets: u64 =
         psql(&db, "SELECT count(DISTINCT tileset) FROM mapillary.harvest_tile").parse().unwrap();
-    assert_eq!(bad, tilesets.to_string(), "every tileset of {z}/{x}/{y} failed with an error");
+    // Its coverage tile failed, so its map-feature tiles never became jobs (a tile's features
+    // follow its coverage).
+    assert_eq!(bad, "1", "the coverage tile of {z}/{x}/{y} failed with an error");
+    assert_eq!(
+        psql(&db, &format!("SELECT count(*) FROM mapillary.harvest_tile WHERE x = {x} AND y = {y}")),
+        "1",
+        "its map-feature tiles wait for its coverage"
+    );
     assert_eq!(
         psql(
             &db,
@@ -151,7 +158,7 @@ fn a_permanently_failing_tile_is_partial_and_only_it_is_retried() {
     assert_eq!(
         stat(&after, "tiles") - stat(&before, "tiles"),
         tilesets,
-        "only the failed tile is fetched again"
+        "only the failed tile is fetched again (its coverage, then its map features)"
     );
     assert_eq!(checksum(&db), expected);
     assert_eq!(

@@ -43,7 +43,7 @@ async fn lease(store: &Store, tileset: Tileset, tile: TileId) -> (RunId, String)
         &region_wkb(),
         &key,
         &serde_json::json!({}),
-        &[PlannedTile { tileset, tile }],
+        &[PlannedTile::fetch(tileset, tile)],
     )
     .await
     .unwrap();
@@ -96,7 +96,7 @@ impl std::ops::DerefMut for Job {
 impl Job {
     async fn commit(&self, store: &Store) -> Result<mly_core::store::WriteCounts, CommitError> {
         let lease = Lease { run: self.run, tileset: self.w.tileset, tile: self.w.tile, owner: &self.owner };
-        commit_tile(store, &lease, &self.w).await
+        commit_tile(store, &lease, &self.w, &[]).await
     }
 }
 
@@ -497,9 +497,8 @@ async fn lease_lost_rolls_back() {
 
 fn many_tiles(n: u32) -> Vec<PlannedTile> {
     (0..n)
-        .map(|i| PlannedTile {
-            tileset: Tileset::Public,
-            tile: TileId::new(14, 8000 + i % 100, 5000 + i / 100).unwrap(),
+        .map(|i| {
+            PlannedTile::fetch(Tileset::Public, TileId::new(14, 8000 + i % 100, 5000 + i / 100).unwrap())
         })
         .collect()
 }
@@ -680,7 +679,7 @@ async fn tiles_are_paced_and_budgeted_across_schemas() {
 async fn planning_100k_tiles_is_fast() {
     let (store, url) = migrated("plan").await;
     let tiles: Vec<PlannedTile> = (0..100_000u32)
-        .map(|i| PlannedTile { tileset: Tileset::Public, tile: TileId::new(14, i % 1000, i / 1000).unwrap() })
+        .map(|i| PlannedTile::fetch(Tileset::Public, TileId::new(14, i % 1000, i / 1000).unwrap()))
         .collect();
     let t = Instant::now();
     let (run, _) = jobs::start_or_resume(&store, "big", &region_wkb(), "big", &serde_json::json!({}), &tiles)
@@ -732,7 +731,7 @@ async fn write_throughput_30k_image_tile() {
 async fn concurrent_writers_of_shared_sequences() {
     let (store, url) = migrated("shared").await;
     let tiles: Vec<PlannedTile> =
-        [T1, T2].iter().map(|&tile| PlannedTile { tileset: Tileset::Public, tile }).collect();
+        [T1, T2].iter().map(|&tile| PlannedTile::fetch(Tileset::Public, tile)).collect();
     for round in 0..3 {
         let (run, _) = jobs::start_or_resume(
             &store,

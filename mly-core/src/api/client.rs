@@ -300,6 +300,32 @@ impl ApiClient {
         }
     }
 
+    /// Whether a Graph search finds any image in `bbox` (`limit=1&fields=id`, a question the API
+    /// answers even for its densest areas, §13.14). `None` when the service would not say (a
+    /// query timeout or a refusal for volume): callers take that as "may hold images".
+    pub async fn any_image(&self, bbox: &Bbox) -> Result<Option<bool>, ApiError> {
+        let mut unknown = false;
+        for part in bbox.split_antimeridian() {
+            let context = format!("while probing for images in bbox {}", part.to_query());
+            let mut url = self.url(&self.inner.graph, "images")?;
+            url.query_pairs_mut()
+                .append_pair("bbox", &part.to_query())
+                .append_pair("fields", "id")
+                .append_pair("limit", "1");
+            match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
+                Reply::Ok { body, .. } => {
+                    let v = json(&body, &context)?;
+                    if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+                        return Ok(Some(true));
+                    }
+                }
+                Reply::Refused { class: Class::TooMuch(_) | Class::Timeout(_), .. } => unknown = true,
+                Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
+            }
+        }
+        Ok(if unknown { None } else { Some(false) })
+    }
+
     /// All images in a bbox, or `TooMuch` when the box must be split.
     pub async fn search_images(&self, bbox: &Bbox) -> Result<Search<ImageDetails>, ApiError> {
         self.search("images", "images", IMAGE_FIELDS, bbox, graph::parse_image).await

@@ -13,10 +13,10 @@ use crate::store::StoreError;
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
 
-pub use runs::{RunInfo, RunStatus, RunSummary, finish, last_success, runs, start_or_resume};
+pub use runs::{RunInfo, RunStatus, RunSummary, finish, last_success, resumable, runs, start_or_resume};
 pub use tiles::{
-    Claimed, Deferral, DoneCounts, Lease, TileCount, TileOutcomeRow, TileState, claim, defer_tile, fail_tile,
-    hand_back, lock_for_write, mark_done, release, renew, run_tiles, tile_outcomes,
+    Claimed, Deferral, DoneCounts, Lease, TileCount, TileOutcomeRow, TileState, add_dependents, claim,
+    defer_tile, fail_tile, hand_back, lock_for_write, mark_done, release, renew, run_tiles, tile_outcomes,
 };
 
 /// Errors of job-state handling.
@@ -53,11 +53,40 @@ impl fmt::Display for RunId {
     }
 }
 
-/// One tile of a run's plan.
+/// One tile of a run's plan: to fetch, or skipped with a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlannedTile {
     pub tileset: Tileset,
     pub tile: TileId,
+    /// `Some`: not fetched this run, and why.
+    pub skip: Option<SkipReason>,
+}
+
+impl PlannedTile {
+    /// A tile to fetch.
+    pub fn fetch(tileset: Tileset, tile: TileId) -> PlannedTile {
+        PlannedTile { tileset, tile, skip: None }
+    }
+}
+
+/// Why planning decided not to fetch a tile this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A Graph search found no image in it.
+    Empty,
+    /// Its low-zoom sequence tile shows no change there and its rolling refresh is not due.
+    Unchanged,
+}
+
+impl SkipReason {
+    /// The value stored in `harvest_tile.skip_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Empty => "empty",
+            SkipReason::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// A lease owner id for this process: `host:pid:random`, which [`claim`] can check for liveness.

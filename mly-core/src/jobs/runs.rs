@@ -21,13 +21,16 @@ const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run
      VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', $5) \
      RETURNING id";
 /// A temp stage absorbs duplicate planned tiles, which would abort a direct COPY.
-const CREATE_STAGE_PLAN: &str = "CREATE TEMP TABLE stage_plan (run_id bigint, tileset text, z smallint, x integer, y integer) ON COMMIT DROP";
+const CREATE_STAGE_PLAN: &str = "CREATE TEMP TABLE stage_plan (run_id bigint, tileset text, z smallint, x integer, \
+     y integer, state text, skip_reason text) ON COMMIT DROP";
 const COPY_STAGE_PLAN: &str = "COPY stage_plan FROM STDIN";
-const INSERT_PLANNED: &str = "INSERT INTO harvest_tile (run_id, tileset, z, x, y) \
-     SELECT DISTINCT run_id, tileset, z, x, y FROM stage_plan ON CONFLICT DO NOTHING";
+const INSERT_PLANNED: &str = "INSERT INTO harvest_tile (run_id, tileset, z, x, y, state, skip_reason) \
+     SELECT DISTINCT ON (run_id, tileset, z, x, y) run_id, tileset, z, x, y, state, skip_reason FROM stage_plan \
+     ORDER BY run_id, tileset, z, x, y, state ON CONFLICT DO NOTHING";
 const SET_TOTAL: &str = "UPDATE harvest_run SET tiles_total = $2 WHERE id = $1";
 const COUNT_TILES: &str = "SELECT count(*), count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'), \
-     count(*) FILTER (WHERE state IN ('pending', 'leased')) FROM harvest_tile WHERE run_id = $1";
+     count(*) FILTER (WHERE state IN ('pending', 'leased')), count(*) FILTER (WHERE state = 'skipped') \
+     FROM harvest_tile WHERE run_id = $1";
 const FINISH_RUN: &str = "UPDATE harvest_run SET status = $2, finished_at = now(), tiles_done = $3, tiles_failed = $4, \
      counters = $5 WHERE id = $1";
 const LIST_RUNS: &str = "SELECT r.id, r.region_name, r.run_key, r.status, r.started_at, r.finished_at, r.settings, r.counters, \
@@ -35,7 +38,8 @@ const LIST_RUNS: &str = "SELECT r.id, r.region_name, r.run_key, r.status, r.star
         count(t.*) FILTER (WHERE t.state = 'done') AS done, \
         count(t.*) FILTER (WHERE t.state = 'failed') AS failed, \
         count(t.*) FILTER (WHERE t.state = 'pending') AS pending, \
-        count(t.*) FILTER (WHERE t.state = 'leased') AS leased \
+        count(t.*) FILTER (WHERE t.state = 'leased') AS leased, \
+        count(t.*) FILTER (WHERE t.state = 'skipped') AS skipped \
      FROM (SELECT * FROM harvest_run ORDER BY id DESC LIMIT $1) r \
      LEFT JOIN harvest_tile t ON t.run_id = r.id \
      GROUP BY r.id, r.region_name, r.run_key, r.status, r.started_at, r.finished_at, r.settings, r.counters \
@@ -96,6 +100,8 @@ pub struct RunSummary {
     pub done: i64,
     pub failed: i64,
     pub pending: i64,
+    /// Tiles planning did not fetch (empty or unchanged).
+    pub skipped: i64,
 }
 
 fn ser_run<S: serde::Serializer>(r: &RunId, s: S) -> Result<S::Ok, S::Error> {
@@ -118,8 +124,20 @@ pub struct RunInfo {
     pub tiles_failed: i64,
     pub tiles_pending: i64,
     pub tiles_leased: i64,
+    /// Tiles planning did not fetch (empty or unchanged).
+    pub tiles_skipped: i64,
     pub settings: serde_json::Value,
     pub counters: serde_json::Value,
+}
+
+/// The newest unfinished run with this key, if any: a resumed run is not planned again.
+pub async fn resumable(store: &Store, run_key: &str) -> Result<Option<RunId>, JobsError> {
+    let id: Option<i64> = sqlx::query_scalar(RESUMABLE_RUN)
+        .bind(run_key)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(q("looking for a run to resume"))?;
+    Ok(id.map(RunId))
 }
 
 /// Resumes the newest unfinished run with this key (failed tiles go back to pending), or starts
@@ -162,10 +180,16 @@ pub async fn start_or_resume(
         .await
         .map_err(q(format!("creating the run for region {region_name}")))?;
 
-    let mut buf = Vec::with_capacity(tiles.len() * 40);
+    let mut buf = Vec::with_capacity(tiles.len() * 48);
     for t in tiles {
         let (z, x, y) = tile_key(t.tile);
-        buf.extend_from_slice(format!("{id}\t{}\t{z}\t{x}\t{y}\n", t.tileset.name()).as_bytes());
+        let (state, reason) = match t.skip {
+            None => ("pending", "\\N"),
+            Some(r) => ("skipped", r.as_str()),
+        };
+        buf.extend_from_slice(
+            format!("{id}\t{}\t{z}\t{x}\t{y}\t{state}\t{reason}\n", t.tileset.name()).as_bytes(),
+        );
     }
     if !buf.is_empty() {
         sqlx::raw_sql(CREATE_STAGE_PLAN).execute(&mut *tx).await.map_err(q("staging planned tiles"))?;
@@ -210,6 +234,7 @@ pub async fn finish(
     let done: i64 = r.try_get(1).map_err(q(ctx()))?;
     let failed: i64 = r.try_get(2).map_err(q(ctx()))?;
     let pending: i64 = r.try_get(3).map_err(q(ctx()))?;
+    let skipped: i64 = r.try_get(4).map_err(q(ctx()))?;
     let status = if pending > 0 {
         RunStatus::Stopped
     } else if failed > 0 {
@@ -230,7 +255,7 @@ pub async fn finish(
         return Err(JobsError::NoSuchRun(run));
     }
     tracing::debug!(run = run.0, %status, total, done, failed, pending, "run finished");
-    Ok(RunSummary { run, status, total, done, failed, pending })
+    Ok(RunSummary { run, status, total, done, failed, pending, skipped })
 }
 
 /// The newest runs, with live tile counts.
@@ -256,6 +281,7 @@ pub async fn runs(store: &Store, limit: i64) -> Result<Vec<RunInfo>, JobsError> 
             tiles_failed: r.try_get(10).map_err(q(ctx()))?,
             tiles_pending: r.try_get(11).map_err(q(ctx()))?,
             tiles_leased: r.try_get(12).map_err(q(ctx()))?,
+            tiles_skipped: r.try_get(13).map_err(q(ctx()))?,
         });
     }
     Ok(out)

@@ -60,6 +60,10 @@ const LOCK_FOR_WRITE: &str = "SELECT 1 FROM harvest_tile \
 const MARK_DONE: &str = "UPDATE harvest_tile SET state = 'done', lease_expires_at = NULL, last_error = NULL, \
      images = $7, sequences = $8, features = $9, new = $10, changed = $11, deleted = $12, updated_at = now() \
      WHERE run_id = $1 AND tileset = $2 AND z = $3 AND x = $4 AND y = $5 AND lease_owner = $6 AND state = 'leased'";
+/// Adds the tile's dependent tilesets (`$2`, e.g. the map-feature tilesets of a coverage tile that
+/// holds images) to the run, inside the coverage tile's write transaction.
+const ADD_DEPENDENTS: &str = "INSERT INTO harvest_tile (run_id, tileset, z, x, y) \
+     SELECT $1, ts, $3, $4, $5 FROM unnest($2::text[]) AS ts ON CONFLICT DO NOTHING";
 const COUNT_BY_STATE: &str =
     "SELECT tileset, state, count(*) FROM harvest_tile WHERE run_id = $1 GROUP BY 1, 2 ORDER BY 1, 2";
 /// Every tile of a run with its outcome. A 304 leaves the tile's counts at 0 but keeps
@@ -88,6 +92,8 @@ pub enum TileState {
     Done,
     /// Given up for this run; the same command retries it.
     Failed,
+    /// Not fetched this run: planning found it empty or unchanged (`skip_reason`).
+    Skipped,
 }
 
 impl TileState {
@@ -98,6 +104,7 @@ impl TileState {
             TileState::Leased => "leased",
             TileState::Done => "done",
             TileState::Failed => "failed",
+            TileState::Skipped => "skipped",
         }
     }
 
@@ -108,6 +115,7 @@ impl TileState {
             "leased" => Ok(TileState::Leased),
             "done" => Ok(TileState::Done),
             "failed" => Ok(TileState::Failed),
+            "skipped" => Ok(TileState::Skipped),
             other => Err(JobsError::Corrupt { what: "tile state", value: other.to_string() }),
         }
     }
@@ -349,6 +357,30 @@ pub async fn mark_done(conn: &mut PgConnection, l: &Lease<'_>, n: &DoneCounts) -
         .await
         .map_err(q(format!("marking {} tile {} done", l.tileset, l.tile)))?;
     lease_held(r.rows_affected(), l)
+}
+
+/// Adds jobs for `tilesets` of the lease's tile to its run (no-op for those it already has).
+/// Inside the tile's write transaction, so they exist exactly when the tile is done.
+pub async fn add_dependents(
+    conn: &mut PgConnection,
+    l: &Lease<'_>,
+    tilesets: &[Tileset],
+) -> Result<u64, JobsError> {
+    if tilesets.is_empty() {
+        return Ok(0);
+    }
+    let (z, x, y) = tile_key(l.tile);
+    let names: Vec<&str> = tilesets.iter().map(|t| t.name()).collect();
+    let r = sqlx::query(ADD_DEPENDENTS)
+        .bind(l.run.0)
+        .bind(&names)
+        .bind(z)
+        .bind(x)
+        .bind(y)
+        .execute(&mut *conn)
+        .await
+        .map_err(q(format!("adding the dependent tiles of tile {}", l.tile)))?;
+    Ok(r.rows_affected())
 }
 
 fn lease_held(rows: u64, l: &Lease<'_>) -> Result<(), JobsError> {

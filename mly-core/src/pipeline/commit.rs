@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::jobs::{self, DoneCounts, JobsError, Lease};
 use crate::store::{Stage, Store, StoreError, TileWrite, WriteCounts, query_err, write};
+use mly_contract::Tileset;
 
 /// Retries of a tile transaction after a deadlock/serialization failure with a concurrent writer.
 const MAX_ATTEMPTS: u32 = 3;
@@ -19,11 +20,14 @@ pub enum CommitError {
     Jobs(#[from] JobsError),
 }
 
-/// Writes `w` under `lease` and marks the tile done, in one transaction.
+/// Writes `w` under `lease` and marks the tile done, in one transaction; `dependents` are the
+/// tilesets of the tile that become jobs of the run with it (its map features, once its
+/// coverage is known to hold images).
 pub async fn commit_tile(
     store: &Store,
     lease: &Lease<'_>,
     w: &TileWrite,
+    dependents: &[Tileset],
 ) -> Result<WriteCounts, CommitError> {
     let times = store.times();
     // Encoding is pure CPU work: once, outside the retried transaction.
@@ -33,7 +37,7 @@ pub async fn commit_tile(
     let mut attempt = 1;
     loop {
         let started = Instant::now();
-        match commit_once(store, lease, w, &staged).await {
+        match commit_once(store, lease, w, &staged, dependents).await {
             Ok(c) => {
                 tracing::debug!(
                     tileset = %w.tileset, tile = %w.tile, new = c.new, changed = c.changed, deleted = c.deleted,
@@ -59,6 +63,7 @@ async fn commit_once(
     lease: &Lease<'_>,
     w: &TileWrite,
     staged: &write::Staged,
+    dependents: &[Tileset],
 ) -> Result<WriteCounts, CommitError> {
     let ctx = |what: &str| format!("{what} for {} tile {}", w.tileset, w.tile);
     let reading = Instant::now();
@@ -77,6 +82,7 @@ async fn commit_once(
         changed: n(counts.changed),
         deleted: n(counts.deleted),
     };
+    jobs::add_dependents(&mut tx, lease, dependents).await?;
     // Dropping `tx` on a lost lease rolls back every row written above.
     jobs::mark_done(&mut tx, lease, &done).await?;
     tx.commit().await.map_err(query_err(ctx("committing")))?;

@@ -11,8 +11,13 @@ use futures::StreamExt;
 
 use crate::api::{ApiClient, ApiError, ByIds, Search};
 use crate::model::{ImageDetails, ImageId, MapFeatureDetails, MapFeatureId};
-use crate::pipeline::plan::{IDS_PER_CALL, SEARCH_CELL_TARGET};
 use mly_contract::tiles::{MAX_ENRICH_ZOOM, TileId};
+
+/// Images a bbox search cell is planned to hold at most (below the API's 2000-result cap, with
+/// head-room for images the tile does not show yet).
+pub const SEARCH_CELL_TARGET: u64 = 1500;
+/// Ids per multi-id lookup (the documented cap).
+pub const IDS_PER_CALL: u64 = mly_contract::api::MAX_IDS_PER_CALL as u64;
 
 /// Bbox searches of one tile run this many at once.
 const SEARCH_PARALLELISM: usize = 4;

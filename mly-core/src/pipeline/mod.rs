@@ -14,10 +14,11 @@ mod counters;
 mod detections;
 pub mod diff;
 pub mod enrich;
+pub mod estimate;
 mod fetch;
 pub mod interrupt;
 mod outcome;
-pub mod plan;
+mod plan;
 mod progress;
 mod run;
 mod tile;
@@ -34,6 +35,7 @@ use crate::store::StoreError;
 
 pub use commit::{CommitError, commit_tile};
 pub use counters::ProcessCounters;
+pub use plan::{CHANGE_ZOOMS, DEFAULT_REFRESH_PERIOD, TilesetRoles, change_zoom};
 pub use run::sync;
 
 /// Options of one `sync` invocation.
@@ -49,6 +51,9 @@ pub struct SyncOptions {
     pub trace: Option<Arc<trace::RunTrace>>,
     /// Ask the tile server even though a block is recorded for this machine.
     pub ignore_block: bool,
+    /// The rolling refresh: known tiles are re-read at least this often, a slice a night
+    /// (default [`DEFAULT_REFRESH_PERIOD`]); zero re-reads every tile of the region.
+    pub refresh_tiles_older_than: Option<Duration>,
 }
 
 /// Errors that stop a run.
@@ -90,6 +95,15 @@ pub enum Outcome {
     Stopped,
 }
 
+/// What planning a new run cost (zero for a resumed run).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Planning {
+    /// Graph searches probing unknown tiles for coverage.
+    pub probes: u64,
+    /// Low-zoom tile requests made to learn where the region changed.
+    pub low_zoom_requests: u64,
+}
+
 /// The end-of-run summary.
 #[derive(Debug, serde::Serialize)]
 pub struct SyncSummary {
@@ -100,6 +114,10 @@ pub struct SyncSummary {
     pub tiles_done: i64,
     pub tiles_failed: i64,
     pub tiles_pending: i64,
+    /// Tiles the plan did not fetch (empty or unchanged).
+    pub tiles_skipped: i64,
+    /// What planning cost.
+    pub planning: Planning,
     /// What this process did.
     pub this_process: ProcessCounters,
     /// This process's requests per API family.

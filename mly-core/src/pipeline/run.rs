@@ -11,13 +11,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::claim::{DriveEnd, drive};
 use super::counters::Counters;
-use super::{Outcome, PipelineError, SyncOptions, SyncSummary, interrupt, trace};
-use crate::api::ApiClient;
+use super::{Outcome, PipelineError, Planning, SyncOptions, SyncSummary, interrupt, plan, trace};
+use crate::api::{ApiClient, ApiError};
 use crate::budget;
-use crate::jobs::{self, PlannedTile, RunId, block};
+use crate::jobs::{self, RunId, block};
 use crate::region::Region;
 use crate::settings::{Harvest, SyncSettings};
 use crate::store::Store;
+use mly_contract::Tileset;
 use mly_contract::hash::fnv1a;
 use mly_contract::tiles::HARVEST_ZOOM;
 
@@ -37,6 +38,8 @@ pub(crate) struct RunCtx {
     /// Whose tile budget and pace this run spends (the token's app).
     pub(crate) app: budget::AppKey,
     pub(crate) tile_limits: budget::TileLimits,
+    /// Which tilesets are planned per tile and which follow a tile's coverage.
+    pub(crate) roles: plan::TilesetRoles,
     pub(crate) refresh_before: Option<DateTime<Utc>>,
     pub(crate) counters: Counters,
     /// Set when the run must stop claiming (signal, token refused, budget spent).
@@ -53,6 +56,16 @@ pub(crate) struct RunCtx {
 }
 
 impl RunCtx {
+    /// The tilesets that become jobs of a tile when its `tileset` is written: the dependents,
+    /// when it is the primary coverage tileset and the tile holds images.
+    pub(crate) fn dependents_of(&self, tileset: Tileset, has_images: bool) -> &[Tileset] {
+        if has_images && self.roles.primary.first() == Some(&tileset) && tileset.is_coverage() {
+            &self.roles.dependents
+        } else {
+            &[]
+        }
+    }
+
     /// Refreshes planner statistics each time the rows this process wrote have doubled since the
     /// last refresh: a handful of cheap ANALYZEs per bulk load keep every per-tile plan right.
     pub(crate) async fn analyze_when_grown(&self) {
@@ -83,6 +96,26 @@ fn run_key(region: &Region, harvest: &Harvest) -> (String, serde_json::Value) {
     (format!("{:016x}", fnv1a(settings.to_string().as_bytes())), settings)
 }
 
+/// The error an API failure during planning stops the run with (a block is recorded first, as
+/// one met while fetching a tile).
+async fn stop_for(e: ApiError, store: &Store, key: &block::BlockKey, harvest: &Harvest) -> PipelineError {
+    if e.is_auth() {
+        return PipelineError::Auth(e);
+    }
+    if e.is_unreachable() {
+        return PipelineError::Unreachable(e);
+    }
+    match e {
+        ApiError::Blocked { at, detail } => {
+            match block::record(store, key, at, harvest.block_pause, &detail, 0).await {
+                Ok(b) => PipelineError::Blocked(b),
+                Err(e) => PipelineError::Store(e),
+            }
+        }
+        other => PipelineError::Api(other),
+    }
+}
+
 /// Harvests `region` (or resumes its unfinished run) and returns the summary.
 pub async fn sync(
     settings: &SyncSettings,
@@ -97,11 +130,6 @@ pub async fn sync(
             return Err(PipelineError::NoToken);
         }
         let harvest = &settings.harvest;
-        let planned: Vec<PlannedTile> = region
-            .tiles(HARVEST_ZOOM)
-            .iter()
-            .flat_map(|t| harvest.tilesets.iter().map(|ts| PlannedTile { tileset: *ts, tile: *t }))
-            .collect();
         let (run_key, run_settings) = run_key(region, harvest);
         // A recorded block stops the run before it asks the tile server anything (or changes
         // any job state): every request during a block extends it.
@@ -111,11 +139,42 @@ pub async fn sync(
         {
             return Err(PipelineError::Blocked(b));
         }
-        let (run, resumed) =
-            jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &run_settings, &planned).await?;
-        info!(run = %run, resumed, tiles = planned.len(), "run started");
-
         let api = ApiClient::new(settings.api.clone()).map_err(PipelineError::Api)?;
+        let app = budget::AppKey::from_token(settings.api.token.expose());
+        let tile_limits =
+            budget::TileLimits { per_day: settings.limits.tiles_per_day, per_minute: settings.limits.tiles_per_minute };
+        let day = opts.budget_day.unwrap_or_else(|| Utc::now().date_naive());
+        // A resumed run keeps its plan; a new one is planned here, which costs Graph probes and a
+        // few low-zoom tile requests but saves most z14 ones.
+        let mut made = plan::Plan::default();
+        if jobs::resumable(store, &run_key).await?.is_none() {
+            let period = opts.refresh_tiles_older_than.unwrap_or(plan::DEFAULT_REFRESH_PERIOD);
+            let inputs = plan::PlanInputs {
+                store,
+                api: &api,
+                harvest,
+                rolling: plan::rolling(period, Utc::now()),
+                app: &app,
+                day,
+                limits: tile_limits,
+            };
+            let planned = plan::plan(&inputs, &region.tiles(HARVEST_ZOOM)).await;
+            if planned.is_err()
+                && let Some(t) = &opts.trace
+            {
+                t.requests_only(api.counters());
+            }
+            made = match planned {
+                Ok(p) => p,
+                Err(plan::PlanError::Store(e)) => return Err(e.into()),
+                Err(plan::PlanError::Api(e)) => return Err(stop_for(e, store, &block_key, harvest).await),
+            };
+        }
+        let (run, resumed) =
+            jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &run_settings, &made.tiles).await?;
+        let planned_count = made.tiles.len();
+        info!(run = %run, resumed, tiles = planned_count, "run started");
+
         let refresh_before =
             opts.refresh_older_than.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() - d);
         let ctx = Arc::new(RunCtx {
@@ -125,11 +184,9 @@ pub async fn sync(
             owner: jobs::owner_id(),
             harvest: harvest.clone(),
             concurrency: settings.limits.concurrency as usize,
-            app: budget::AppKey::from_token(settings.api.token.expose()),
-            tile_limits: budget::TileLimits {
-                per_day: settings.limits.tiles_per_day,
-                per_minute: settings.limits.tiles_per_minute,
-            },
+            app,
+            tile_limits,
+            roles: plan::TilesetRoles::of(&harvest.tilesets),
             refresh_before,
             counters: Counters::default(),
             stop: AtomicBool::new(false),
@@ -139,7 +196,7 @@ pub async fn sync(
             analyzed_at: AtomicU64::new(0),
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
-        let outcome = drive(&ctx, &opts, planned.len() as u64).await;
+        let outcome = drive(&ctx, &opts, planned_count as u64).await;
         debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
         // After an interrupt, stop promptly: linking is idempotent and the next sync does it.
@@ -172,6 +229,8 @@ pub async fn sync(
             tiles_pending: summary.pending,
             this_process: process,
             requests,
+            planning: Planning { probes: made.probes, low_zoom_requests: made.change_requests },
+            tiles_skipped: summary.skipped,
             seconds: started.elapsed().as_secs_f64(),
         };
         info!(run = %run, outcome = ?s.outcome, tiles_done = s.tiles_done, tiles_failed = s.tiles_failed, "run finished");

@@ -71,13 +71,16 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
         if ctx.refresh_before.is_some() || !lacking.is_empty() { None } else { snapshot.etag.as_deref() };
     let (decoded, new_etag) = match fetch_tile(&ctx.api, times, c.tileset, c.tile, etag).await? {
         Fetched::NotModified => {
-            commit_tile(&ctx.store, &lease, &empty_write(c, snapshot.etag.clone(), true)).await?;
+            // Unchanged: the tile still holds what the database has of it.
+            let deps = ctx.dependents_of(c.tileset, !snapshot.live.is_empty());
+            commit_tile(&ctx.store, &lease, &empty_write(c, snapshot.etag.clone(), true), deps).await?;
             ctx.counters.unchanged();
             return Ok(TileEnd::Written);
         }
         Fetched::Decoded { tile, etag } => (tile, etag),
     };
     let mut w = empty_write(c, new_etag, false);
+    let had_live = !snapshot.live.is_empty();
     let far_edge: HashSet<i64> = decoded.far_edge.iter().copied().collect();
     let listed: HashSet<i64> = if c.tileset.is_coverage() {
         decoded.images.iter().map(|r| r.id.0).collect()
@@ -140,7 +143,10 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
             .map(|(tile, tile_hash)| FeatureRow { details: details.remove(&tile.id.0), tile, tile_hash })
             .collect();
     }
-    let counts = commit_tile(&ctx.store, &lease, &w).await?;
+    // The tile's other tilesets follow when it lists images now or held live ones (a 404 that
+    // kept them must not leave their map features unread).
+    let deps = ctx.dependents_of(c.tileset, !w.images.is_empty() || had_live);
+    let counts = commit_tile(&ctx.store, &lease, &w, deps).await?;
     ctx.store.mark_detections_fetched(&detections_fetched).await?;
     // Record counts say what was committed, not what an interrupted task had in hand.
     ctx.counters.written(w.images.len(), w.features.len(), &counts);

@@ -35,6 +35,11 @@ impl RunTrace {
     fn set(&self, f: impl FnOnce(&mut TraceState)) {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
     }
+
+    /// Records the requests of a run that stopped before it existed (while it was planned).
+    pub(super) fn requests_only(&self, requests: ApiCounters) {
+        self.set(|s| s.requests = Some(requests));
+    }
 }
 
 /// Copies the run's counters into the trace when dropped, on every way out of `sync`.

@@ -2,6 +2,7 @@
 //! migrations, what a tile's diff reads, and the tile's data write (inside the transaction that
 //! marks its job done, see `pipeline::commit`). Job tables are `jobs`'.
 
+mod coverage;
 mod error;
 mod read;
 mod rows;
@@ -19,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
 
+pub use coverage::KnownTile;
 pub use error::{StoreError, describe, describe_migrate, no_postgis, query_err};
 pub use rows::{
     DetectionRow, FeatureRow, ImageRow, Known, MovedAway, TileSnapshot, TileWrite, Vanished, WriteCounts,

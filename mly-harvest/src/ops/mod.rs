@@ -65,6 +65,8 @@ pub enum TileOutcome {
     Unchanged,
     /// Fetched, and the tile holds no records.
     Empty,
+    /// Not fetched: planning found it empty (Graph probe) or unchanged (its low-zoom tile).
+    Skipped,
     /// Given up after its attempts; the next run retries it.
     Failed,
     /// The tile server refused this machine (IP block).
@@ -82,6 +84,7 @@ impl TileOutcome {
             "done" => TileOutcome::Done,
             "unchanged" => TileOutcome::Unchanged,
             "empty" => TileOutcome::Empty,
+            "skipped" => TileOutcome::Skipped,
             "failed" => TileOutcome::Failed,
             "blocked" => TileOutcome::Blocked,
             "pending" | "leased" => TileOutcome::Pending,
@@ -95,6 +98,7 @@ impl TileOutcome {
             TileOutcome::Done => "done",
             TileOutcome::Unchanged => "unchanged",
             TileOutcome::Empty => "empty",
+            TileOutcome::Skipped => "skipped",
             TileOutcome::Failed => "failed",
             TileOutcome::Blocked => "blocked",
             TileOutcome::Pending => "pending",
@@ -103,10 +107,11 @@ impl TileOutcome {
     }
 
     /// Every named outcome, so metrics list zeros too (an alert on `failed > 0` needs the series).
-    pub const NAMED: [TileOutcome; 6] = [
+    pub const NAMED: [TileOutcome; 7] = [
         TileOutcome::Done,
         TileOutcome::Unchanged,
         TileOutcome::Empty,
+        TileOutcome::Skipped,
         TileOutcome::Failed,
         TileOutcome::Blocked,
         TileOutcome::Pending,
@@ -121,6 +126,7 @@ impl TileOutcome {
             TileOutcome::Pending => 3,
             TileOutcome::Done => 2,
             TileOutcome::Unchanged => 1,
+            TileOutcome::Skipped => 0,
             TileOutcome::Empty => 0,
         }
     }

@@ -133,6 +133,7 @@ pub fn colour(o: &TileOutcome) -> &'static str {
         TileOutcome::Done => "#1b9e77",
         TileOutcome::Unchanged => "#a6cee3",
         TileOutcome::Empty => "#e0e0e0",
+        TileOutcome::Skipped => "#f4f4f4",
         TileOutcome::Failed => "#d7301f",
         TileOutcome::Blocked => "#6a3d9a",
         TileOutcome::Pending => "#fdb863",
