@@ -394,10 +394,16 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
     if args.run.is_some() && runs.is_empty() {
         return Err(CliError::Input(format!("no run with id {}", args.run.unwrap_or_default())));
     }
+    // The processes working on the runs now (a heartbeat older than its lease is not live).
+    // Best effort like the block hint: a role granted SELECT before the table existed cannot
+    // read it, and status still shows the runs (workers "unknown", null in JSON).
+    let workers = mly_core::workers::live(store).await;
+    let of_run = |id: i64| workers.as_ref().ok().map(|ws| ws.iter().filter(move |w| w.run_id == id));
     let mut out = Vec::new();
     for r in &runs {
         let tiles = jobs::run_tiles(store, jobs::RunId(r.id)).await?;
-        out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>() }));
+        let live: Option<Vec<_>> = of_run(r.id).map(Iterator::collect);
+        out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>(), "workers": live }));
     }
     let mut text = String::new();
     if args.json {
@@ -432,6 +438,19 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
                         t["count"]
                     );
                 }
+            }
+            if let Err(e) = &workers {
+                let _ = writeln!(text, "    workers: unknown ({e})");
+            }
+            for w in of_run(r.id).into_iter().flatten() {
+                let _ = writeln!(
+                    text,
+                    "    worker {} pid {}: heartbeat {} ({:.0} s ago)",
+                    printable(&w.host),
+                    w.pid,
+                    w.heartbeat_at,
+                    w.heartbeat_age_secs
+                );
             }
         }
     }

@@ -21,7 +21,7 @@ use chrono::{NaiveDate, Utc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{ApiClient, ApiCounters, ApiError, TileResponse};
+use crate::api::{ApiClient, ApiCounters, ApiError, Pacing, TileResponse};
 use crate::budget;
 use crate::jobs::{self, Claimed, JobsError, PlannedTile, RunId};
 use crate::model::{DecodedTile, ImageId, MapFeatureId, TileFeature, TileImage};
@@ -32,6 +32,7 @@ use crate::store::{
     DetectionRow, FeatureRow, ImageRow, Known, MovedAway, Stage, Store, StoreError, TileWrite, Vanished,
     WriteCounts,
 };
+use crate::workers;
 use mly_contract::hash::fnv1a;
 use mly_contract::tiles::{HARVEST_ZOOM, TileId};
 
@@ -296,7 +297,10 @@ pub async fn sync(
             jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &run_settings, &planned).await?;
         info!(run = %run, resumed, tiles = planned.len(), "run started");
 
-        let api = ApiClient::new(settings.api.clone()).map_err(PipelineError::Api)?;
+        // Graph calls take slots of the app's timelines, shared by every process on the token.
+        let app = budget::AppKey::from_token(settings.api.token.expose());
+        let pacing = Pacing::Shared { store: store.clone(), app: app.clone() };
+        let api = ApiClient::new(settings.api.clone(), pacing).map_err(PipelineError::Api)?;
         let refresh_before = opts
             .refresh_older_than
             .and_then(|d| chrono::Duration::from_std(d).ok())
@@ -307,7 +311,7 @@ pub async fn sync(
             api,
             run,
             owner: jobs::owner_id(),
-            app: budget::AppKey::from_token(settings.api.token.expose()),
+            app,
             limits: budget::TileLimits {
                 per_day: settings.limits.tiles_per_day,
                 per_minute: settings.limits.tiles_per_minute,
@@ -321,6 +325,8 @@ pub async fn sync(
             ignore_block: opts.ignore_block,
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
+        // Listed by `status` while the run is in progress (heartbeat with the lease renewal).
+        workers::register(store, run, &ctx.owner, settings.harvest.lease).await?;
         let outcome = drive(&ctx, &opts, planned.len() as u64).await;
         debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
@@ -331,6 +337,8 @@ pub async fn sync(
         }
         let counters = serde_json::json!({ "requests": ctx.api.counters(), "process": ctx.counters.snapshot() });
         let summary = jobs::finish(store, run, &counters).await?;
+        // A clean end: no longer listed by `status`.
+        workers::deregister(store, &ctx.owner).await?;
         // The run's bookkeeping is written above even when the claim loop failed.
         let outcome = match outcome? {
             DriveEnd::Quota => Outcome::QuotaExhausted,
@@ -390,6 +398,10 @@ async fn drive(ctx: &Arc<Ctx>, opts: &SyncOptions, total: u64) -> Result<DriveEn
                 }
                 if let Err(e) = jobs::renew(&ctx.store, ctx.run, &ctx.owner, lease).await {
                     warn!(error = %e, "lease renewal failed");
+                }
+                // The worker's heartbeat for `status`, renewed with its leases.
+                if let Err(e) = workers::heartbeat(&ctx.store, &ctx.owner, lease).await {
+                    warn!(error = %e, "heartbeat failed");
                 }
             }
         })
