@@ -17,3 +17,4 @@ pub mod pipeline;
 pub mod region;
 pub mod settings;
 pub mod store;
+pub mod workers;

@@ -166,8 +166,9 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Jobs(#[from] JobsError),
+    /// Boxed: the run's error carries its API error whole, which would make every CliError large.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
     #[error(transparent)]
     Simulator(#[from] SimError),
     #[error("while writing output: {0}")]
@@ -180,6 +181,12 @@ pub enum CliError {
     Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+}
+
+impl From<PipelineError> for CliError {
+    fn from(e: PipelineError) -> CliError {
+        CliError::Pipeline(Box::new(e))
+    }
 }
 
 impl CliError {
@@ -397,21 +404,28 @@ async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
 }
 
 async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
-    /// One run and its tile counts, as `status --json` prints it.
+    /// One run, its tile counts and its live workers, as `status --json` prints it.
     #[derive(serde::Serialize)]
     struct RunStatus {
         run: jobs::RunInfo,
         tiles: Vec<jobs::TileCount>,
+        /// None when the workers table could not be read.
+        workers: Option<Vec<mly_core::workers::Worker>>,
     }
     let runs = jobs::runs(store, 20).await?;
     let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
     if let (Some(id), true) = (args.run, runs.is_empty()) {
         return Err(CliError::Input(format!("no run with id {id}")));
     }
+    // The processes working on the runs now (a heartbeat older than its lease is not live).
+    // Best effort like the block hint: a role granted SELECT before the table existed cannot
+    // read it, and status still shows the runs (workers "unknown", null in JSON).
+    let workers = mly_core::workers::live(store).await;
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         let tiles = jobs::run_tiles(store, jobs::RunId(run.id)).await?;
-        out.push(RunStatus { run, tiles });
+        let live = workers.as_ref().ok().map(|ws| ws.iter().filter(|w| w.run_id == run.id).cloned().collect());
+        out.push(RunStatus { run, tiles, workers: live });
     }
     let mut text = String::new();
     if args.json {
@@ -420,7 +434,7 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
         text.push_str("no runs yet\n");
     } else {
         use std::fmt::Write as _;
-        for RunStatus { run: r, tiles } in &out {
+        for RunStatus { run: r, tiles, workers: live } in &out {
             // Writing into a String cannot fail.
             let _ = writeln!(
                 text,
@@ -439,6 +453,19 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
             );
             for t in tiles {
                 let _ = writeln!(text, "    {:<30} {:<8} {}", printable(&t.tileset), t.state, t.count);
+            }
+            if let Err(e) = &workers {
+                let _ = writeln!(text, "    workers: unknown ({e})");
+            }
+            for w in live.iter().flatten() {
+                let _ = writeln!(
+                    text,
+                    "    worker {} pid {}: heartbeat {} ({:.0} s ago)",
+                    printable(&w.host),
+                    w.pid,
+                    w.heartbeat_at,
+                    w.heartbeat_age_secs
+                );
             }
         }
     }

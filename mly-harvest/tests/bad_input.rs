@@ -741,13 +741,7 @@ fn status_never_writes_and_runs_as_a_read_only_role() {
         "INSERT INTO mapillary.harvest_run (region_name, run_key, status) VALUES (E'\\x1b[2J\\x1b[31mevil\\nrun 99 fake', 'k', 'done')",
     );
     // A read-only role (login, SELECT only) runs status.
-    let role = format!("ro_{}", std::process::id());
-    psql(&db, &format!("DROP ROLE IF EXISTS {role}"));
-    psql(&db, &format!("CREATE ROLE {role} LOGIN"));
-    psql(&db, &format!("GRANT USAGE ON SCHEMA mapillary TO {role}"));
-    psql(&db, &format!("GRANT SELECT ON ALL TABLES IN SCHEMA mapillary TO {role}"));
-    let ro_url = db.replacen("postgres@", &format!("{role}@"), 1);
-    assert_ne!(ro_url, db, "the test URL names the postgres user");
+    let (role, ro_url) = read_only_role(&db, "ro");
     let before = psql(&db, "SELECT count(*) FROM mapillary._sqlx_migrations");
     for args in [&["status"][..], &["status", "--json"][..]] {
         let o = run(args, &[("DATABASE_URL", ro_url.as_str())]);

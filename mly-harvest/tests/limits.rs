@@ -174,5 +174,9 @@ fn tile_requests_keep_the_pace_across_processes() {
     // Six tile requests at 400 ms apart: the last starts at least 2 s after the first.
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(2000), "six tiles in {took:?}: the pace was not kept");
-    assert_eq!(psql(&db, "SELECT count(*) FROM mly_harvest_global.tile_pace"), "1", "one pace per app");
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM mly_harvest_global.rate_timeline WHERE family = 'tiles'"),
+        "1",
+        "one pace per app"
+    );
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// Three suburban tiles of Malmö (a few thousand images each): small enough for many runs.
@@ -169,19 +169,6 @@ fn a_permanently_failing_tile_is_partial_and_only_it_is_retried() {
         ),
         "0"
     );
-}
-
-/// Spawns `mly-harvest ARGS` with stdout/stderr into files under `dir`.
-fn spawn_to_files(args: &[&str], env: &[(&str, &str)], dir: &Path, tag: &str) -> Child {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .env_remove("MAPILLARY_ACCESS_TOKEN")
-        .stdout(std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap())
-        .stderr(std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
 }
 
 /// Every text-like column value of every table in the schema, one string.

@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use mly_contract::Secret;
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
-use mly_core::api::{ApiClient, ApiError, ApiSettings};
+use mly_core::api::{ApiClient, ApiError, ApiSettings, Pacing};
 
 /// Two suburban Malmö tiles (14/8785/5134 and 14/8786/5134), a few thousand images each.
 /// A nightly re-sync that re-reads every tile (the rolling refresh made due for all), as these
@@ -366,16 +366,19 @@ async fn serve(router: Router) -> String {
 }
 
 fn client(base: &str) -> ApiClient {
-    ApiClient::new(ApiSettings {
-        graph_url: base.to_string(),
-        tiles_url: base.to_string(),
-        token: Secret::new(SIM_TOKEN),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-        search_per_minute: 60_000,
-        entity_per_minute: 60_000,
-        breaker_after: 1000,
-    })
+    ApiClient::new(
+        ApiSettings {
+            graph_url: base.to_string(),
+            tiles_url: base.to_string(),
+            token: Secret::new(SIM_TOKEN),
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+            search_per_minute: 60_000,
+            entity_per_minute: 60_000,
+            breaker_after: 1000,
+        },
+        Pacing::ThisProcess,
+    )
     .unwrap()
 }
 

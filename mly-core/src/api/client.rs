@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use super::error::{ApiError, Class, classify};
 use super::graph;
-use super::limiter::Pacer;
+use super::limiter::{Pacer, Source};
 use super::{
     ApiCounters, ApiSettings, ByIds, DETECTION_FIELDS, IMAGE_FIELDS, MAP_FEATURE_FIELDS, MAX_IDS_PER_CALL,
-    SEARCH_LIMIT, Search, TileResponse, redact,
+    Pacing, SEARCH_LIMIT, Search, TileResponse, redact,
 };
 use crate::model::{Detection, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId};
 use mly_contract::Tileset;
@@ -165,8 +165,9 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// Builds the client (installs the ring TLS provider once).
-    pub fn new(s: ApiSettings) -> Result<ApiClient, ApiError> {
+    /// Builds the client (installs the ring TLS provider once); `pacing` says whose calls the
+    /// per-minute limits count.
+    pub fn new(s: ApiSettings, pacing: Pacing) -> Result<ApiClient, ApiError> {
         // Fails only when a provider is already installed, which is what we want anyway.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let graph = s.graph_url.trim_end_matches('/').to_string();
@@ -189,6 +190,10 @@ impl ApiClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ApiError::Client(error_chain(&e.without_url())))?;
+        let source = match pacing {
+            Pacing::ThisProcess => Source::local(),
+            Pacing::Shared { store, app } => Source::Shared { store, app },
+        };
         Ok(ApiClient {
             inner: Arc::new(Inner {
                 http,
@@ -197,9 +202,9 @@ impl ApiClient {
                 token: s.token,
                 auth_header,
                 max_retries: s.max_retries,
-                tiles_pacer: Pacer::new(None),
-                search_pacer: Pacer::new(Some(s.search_per_minute)),
-                entity_pacer: Pacer::new(Some(s.entity_per_minute)),
+                tiles_pacer: Pacer::new(Family::Tiles, None, source.clone()),
+                search_pacer: Pacer::new(Family::Search, Some(s.search_per_minute), source.clone()),
+                entity_pacer: Pacer::new(Family::Entity, Some(s.entity_per_minute), source),
                 tiles_breaker: Breaker::new(s.breaker_after),
                 search_breaker: Breaker::new(s.breaker_after),
                 entity_breaker: Breaker::new(s.breaker_after),
@@ -223,6 +228,9 @@ impl ApiClient {
             not_modified: g(&c.not_modified),
             bytes: g(&c.bytes),
             confirm: g(&c.confirm),
+            rate_reservations: self.inner.search_pacer.reservations()
+                + self.inner.entity_pacer.reservations(),
+            rate_slots_skipped: self.inner.search_pacer.skipped() + self.inner.entity_pacer.skipped(),
         }
     }
 
@@ -592,7 +600,10 @@ impl ApiClient {
             }
             attempts += 1;
             let pacer = self.pacer(family);
-            pacer.ready().await;
+            pacer
+                .ready()
+                .await
+                .map_err(|source| ApiError::Pacing { context: context.to_string(), source })?;
             let mut gate =
                 if family == Family::Tiles { Some(self.inner.tile_gate.lock().await) } else { None };
             if family == Family::Tiles

@@ -20,6 +20,14 @@ pub enum ApiError {
     /// A 2xx response whose content could not be understood.
     #[error("{context}: cannot decode the response: {message}")]
     Decode { context: String, message: String },
+    /// No slot of the family's rate budget could be had (the shared budget's database failed):
+    /// the call was not sent.
+    #[error("{context}: {source}")]
+    Pacing {
+        context: String,
+        #[source]
+        source: super::limiter::PaceError,
+    },
     /// The HTTP client could not be built or a URL is invalid.
     #[error("HTTP client: {0}")]
     Client(String),

@@ -11,6 +11,7 @@ use mly_contract::Secret;
 
 pub use client::ApiClient;
 pub use error::ApiError;
+pub use limiter::PaceError;
 
 pub use mly_contract::api::{
     DETECTION_FIELDS, IMAGE_FIELDS, MAP_FEATURE_FIELDS, MAX_IDS_PER_CALL, SEARCH_LIMIT,
@@ -32,6 +33,16 @@ pub struct ApiSettings {
     /// Calls of one family in a row that fail to connect or time out before the circuit breaker
     /// trips and every further call of that family fails at once (`mapillary.breaker_after`).
     pub breaker_after: u32,
+}
+
+/// Whose calls the per-minute limits (`search_per_minute`, `entity_per_minute`) count.
+#[derive(Debug, Clone)]
+pub enum Pacing {
+    /// This process's only: for a one-off check (`doctor`) or a client on its own.
+    ThisProcess,
+    /// Every process of the app, on any host: slots of the app's timelines in the database
+    /// (`budget::timeline`), which must be migrated.
+    Shared { store: crate::store::Store, app: crate::budget::AppKey },
 }
 
 /// The outcome of a tile request.
@@ -75,6 +86,10 @@ pub struct ApiCounters {
     pub bytes: u64,
     /// Multi-id calls made to confirm that records gone from their tile are gone upstream.
     pub confirm: u64,
+    /// Batches of Graph API slots reserved (database round trips when the pacing is shared).
+    pub rate_reservations: u64,
+    /// Reserved Graph API slots that passed unused (a caller came too late, or a pause).
+    pub rate_slots_skipped: u64,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use super::tile::process_tile;
 use super::{PipelineError, SyncOptions, interrupt};
 use crate::budget;
 use crate::jobs::{self, Claimed, Deferral, block};
+use crate::workers;
 
 /// A tile is given up (state `failed`) after this many attempts.
 const MAX_TILE_ATTEMPTS: i32 = 3;
@@ -76,6 +77,10 @@ pub(crate) async fn drive(
                 }
                 if let Err(e) = jobs::renew(&ctx.store, ctx.run, &ctx.owner, lease).await {
                     warn!(error = %e, "lease renewal failed");
+                }
+                // The worker's heartbeat for `status`, renewed with its leases.
+                if let Err(e) = workers::heartbeat(&ctx.store, &ctx.owner, lease).await {
+                    warn!(error = %e, "heartbeat failed");
                 }
             }
         })

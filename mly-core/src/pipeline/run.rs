@@ -12,12 +12,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::claim::{DriveEnd, drive};
 use super::counters::Counters;
 use super::{Outcome, PipelineError, Planning, SyncOptions, SyncSummary, interrupt, plan, trace};
-use crate::api::{ApiClient, ApiError};
+use crate::api::{ApiClient, ApiError, Pacing};
 use crate::budget;
 use crate::jobs::{self, RunId, block};
 use crate::region::Region;
 use crate::settings::{Harvest, SyncSettings};
 use crate::store::Store;
+use crate::workers;
 use mly_contract::Tileset;
 use mly_contract::hash::fnv1a;
 use mly_contract::tiles::HARVEST_ZOOM;
@@ -139,8 +140,10 @@ pub async fn sync(
         {
             return Err(PipelineError::Blocked(b));
         }
-        let api = ApiClient::new(settings.api.clone()).map_err(PipelineError::Api)?;
+        // Graph calls take slots of the app's timelines, shared by every process on the token.
         let app = budget::AppKey::from_token(settings.api.token.expose());
+        let pacing = Pacing::Shared { store: store.clone(), app: app.clone() };
+        let api = ApiClient::new(settings.api.clone(), pacing).map_err(PipelineError::Api)?;
         let tile_limits =
             budget::TileLimits { per_day: settings.limits.tiles_per_day, per_minute: settings.limits.tiles_per_minute };
         let day = opts.budget_day.unwrap_or_else(|| Utc::now().date_naive());
@@ -196,6 +199,8 @@ pub async fn sync(
             analyzed_at: AtomicU64::new(0),
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
+        // Listed by `status` while the run is in progress (heartbeat with the lease renewal).
+        workers::register(store, run, &ctx.owner, settings.harvest.lease).await?;
         let outcome = drive(&ctx, &opts, planned_count as u64).await;
         debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
@@ -208,6 +213,8 @@ pub async fn sync(
         let requests = ctx.api.counters();
         let stored = serde_json::json!({ "requests": requests, "process": process });
         let summary = jobs::finish(store, run, &stored).await?;
+        // A clean end: no longer listed by `status`.
+        workers::deregister(store, &ctx.owner).await?;
         // The run's bookkeeping is written above even when the claim loop failed.
         let outcome = match outcome? {
             DriveEnd::Quota => Outcome::QuotaExhausted,

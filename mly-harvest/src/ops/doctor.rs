@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::exit;
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
-use mly_core::api::{ApiClient, ApiError, ApiSettings, TileResponse, redact};
+use mly_core::api::{ApiClient, ApiError, ApiSettings, Pacing, TileResponse, redact};
 use mly_core::budget::{self, AppKey, TileLimits};
 use mly_core::jobs::block::{self, BlockKey};
 use mly_core::mvt;
@@ -184,22 +184,31 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Result<i32, CliError> {
         }
     };
     let store = database(&mut r, &cfg).await;
-    let blocked = match &store {
+    let (blocked, migrated) = match &store {
         Some(store) => {
             postgis(&mut r, store).await;
             let migrated = schema(&mut r, store).await;
             rights(&mut r, store, migrated).await;
-            block(&mut r, store, &cfg).await
+            (block(&mut r, store, &cfg).await, migrated)
         }
         None => {
             for name in ["postgis", "schema", "rights", "block"] {
                 r.skip(name, "needs the database");
             }
             // Without the database no recorded block can be ruled out: do not ask the tile server.
-            true
+            (true, Migrated::Broken)
         }
     };
-    let token_ok = token(&mut r, &cfg).await;
+    // The token check's search takes a slot of the app's shared timeline when there is one, so
+    // that it counts with the searches of running syncs.
+    let pacing = match &store {
+        Some(store) if migrated == Migrated::UpToDate => Pacing::Shared {
+            store: store.clone(),
+            app: AppKey::from_token(cfg.mapillary.access_token.expose()),
+        },
+        _ => Pacing::ThisProcess,
+    };
+    let token_ok = token(&mut r, &cfg, pacing).await;
     if !token_ok {
         r.skip("tiles", "needs an accepted token");
     } else if blocked {
@@ -493,18 +502,21 @@ async fn block(r: &mut Report, store: &Store, cfg: &Config) -> bool {
     }
 }
 
-fn client(cfg: &Config) -> Result<ApiClient, ApiError> {
-    ApiClient::new(ApiSettings {
-        graph_url: cfg.mapillary.graph_url.clone(),
-        tiles_url: cfg.mapillary.tiles_url.clone(),
-        token: cfg.mapillary.access_token.clone(),
-        timeout: Duration::from_secs(cfg.mapillary.timeout_secs),
-        // One call each is the point: a check, not a harvest.
-        max_retries: 1,
-        search_per_minute: cfg.limits.search_per_minute,
-        entity_per_minute: cfg.limits.entity_per_minute,
-        breaker_after: cfg.mapillary.breaker_after,
-    })
+fn client(cfg: &Config, pacing: Pacing) -> Result<ApiClient, ApiError> {
+    ApiClient::new(
+        ApiSettings {
+            graph_url: cfg.mapillary.graph_url.clone(),
+            tiles_url: cfg.mapillary.tiles_url.clone(),
+            token: cfg.mapillary.access_token.clone(),
+            timeout: Duration::from_secs(cfg.mapillary.timeout_secs),
+            // One call each is the point: a check, not a harvest.
+            max_retries: 1,
+            search_per_minute: cfg.limits.search_per_minute,
+            entity_per_minute: cfg.limits.entity_per_minute,
+            breaker_after: cfg.mapillary.breaker_after,
+        },
+        pacing,
+    )
 }
 
 /// The exit code an API failure stands for.
@@ -518,7 +530,7 @@ fn probe_tile() -> TileId {
     TileId::new(z, x, y).unwrap_or_else(|_| TileId::containing(z, 8.54, 47.37))
 }
 
-async fn token(r: &mut Report, cfg: &Config) -> bool {
+async fn token(r: &mut Report, cfg: &Config, pacing: Pacing) -> bool {
     if cfg.mapillary.access_token.is_empty() {
         r.fail(
             "token",
@@ -527,29 +539,35 @@ async fn token(r: &mut Report, cfg: &Config) -> bool {
         );
         return false;
     }
-    let api = match client(cfg) {
-        Ok(a) => a,
-        Err(e) => {
-            r.fail("token", exit::AUTH, e.to_string());
-            return false;
-        }
-    };
     // A small box inside the probe tile: few results, and a volume the API always answers.
     let b = probe_tile().bounds();
     let (cx, cy) = ((b.west + b.east) / 2.0, (b.south + b.north) / 2.0);
     let small = mly_contract::tiles::Bbox::new(cx - 0.001, cy - 0.001, cx + 0.001, cy + 0.001);
-    let result = match small {
-        Ok(bbox) => api.check_token(&bbox).await,
-        Err(e) => Err(ApiError::Client(e.to_string())),
+    let check = async |pacing: Pacing| {
+        let api = client(cfg, pacing)?;
+        let result = match &small {
+            Ok(bbox) => api.check_token(bbox).await,
+            Err(e) => Err(ApiError::Client(e.to_string())),
+        };
+        result.map(|()| api.counters().search)
     };
-    let calls = api.counters().search;
+    let mut result = check(pacing).await;
+    if let Err(ApiError::Pacing { .. }) = &result {
+        // The shared rate budget cannot be written (the rights check names what is missing):
+        // the search was not sent, so check the token on this process's own pacing.
+        result = check(Pacing::ThisProcess).await;
+    }
     match result {
-        Ok(()) => {
+        Ok(calls) => {
             r.ok(
                 "token",
                 format!("the Graph API at {} accepted the token ({calls} call)", cfg.mapillary.graph_url),
             );
             true
+        }
+        Err(e @ ApiError::Client(_)) => {
+            r.fail("token", exit::AUTH, e.to_string());
+            false
         }
         Err(e) => {
             r.fail("token", api_code(&e), e.to_string());
@@ -584,7 +602,8 @@ async fn tiles(r: &mut Report, store: &Store, cfg: &Config) {
         }
         Err(e) => format!("not counted in the tile budget: {}", short_reason(&e)),
     };
-    let api = match client(cfg) {
+    // Tiles are paced by the budget taken above, not by the client.
+    let api = match client(cfg, Pacing::ThisProcess) {
         Ok(a) => a,
         Err(e) => {
             r.fail("tiles", exit::API, e.to_string());

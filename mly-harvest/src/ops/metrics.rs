@@ -159,6 +159,11 @@ impl RunMetrics {
                 r.confirm as f64,
             );
             o.one(
+                "mly_harvest_run_rate_reservations",
+                "Batches of Graph API slots reserved in the app's shared rate budget (database round trips).",
+                r.rate_reservations as f64,
+            );
+            o.one(
                 "mly_harvest_run_response_bytes",
                 "Response bytes received in the last run.",
                 r.bytes as f64,

@@ -184,6 +184,32 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("mly-harvest runs")
 }
 
+/// Spawns `mly-harvest ARGS` with stdout/stderr into files `TAG.out`/`TAG.err` under `dir`.
+pub fn spawn_to_files(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path, tag: &str) -> Child {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env_remove("MAPILLARY_ACCESS_TOKEN")
+        .stdout(std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+/// A login role that may only read the harvest schema `mapillary` of `db`: (role, its URL).
+/// Roles belong to the cluster: drop it at the end (`DROP OWNED BY`, `DROP ROLE`).
+pub fn read_only_role(db: &str, tag: &str) -> (String, String) {
+    let role = format!("{tag}_{}", std::process::id());
+    psql(db, &format!("DROP ROLE IF EXISTS {role}"));
+    psql(db, &format!("CREATE ROLE {role} LOGIN"));
+    psql(db, &format!("GRANT USAGE ON SCHEMA mapillary TO {role}"));
+    psql(db, &format!("GRANT SELECT ON ALL TABLES IN SCHEMA mapillary TO {role}"));
+    let url = db.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db, "the test URL names the postgres user");
+    (role, url)
+}
+
 /// Environment for `mly-harvest sync` against `sim`, writing into `db`.
 pub fn harvest_env<'a>(sim: &'a Sim, db: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![

@@ -1,5 +1,6 @@
 //! The daily tile budget and the tile pace, shared by every process and every harvest schema that
-//! uses one token's app (`mly_harvest_global`, migration 0007).
+//! uses one token's app (`mly_harvest_global.tile_budget`, migration 0007; the pace is the app's
+//! `tiles` timeline, migration 0010).
 //!
 //! The live tile server blocks an IP for about a day after a few thousand tile requests (API
 //! notes §13.1), and Mapillary counts its 50,000/day per app id (§13.2). So the budget is not the
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 
+use super::{AppKey, timeline};
 use crate::store::{Store, StoreError, query_err};
-use mly_contract::hash::fnv1a;
+use mly_contract::Family;
 
 /// Creates the app's row of the day (affects one row only the first time).
 const SEED_DAY: &str = "INSERT INTO mly_harvest_global.tile_budget (app_key, day, used) VALUES ($1, $2, 0) \
@@ -28,52 +30,8 @@ const LOCK_DAY: &str =
     "SELECT used FROM mly_harvest_global.tile_budget WHERE app_key = $1 AND day = $2 FOR UPDATE";
 const SPEND: &str =
     "UPDATE mly_harvest_global.tile_budget SET used = used + $3 WHERE app_key = $1 AND day = $2";
-const SEED_PACE: &str = "INSERT INTO mly_harvest_global.tile_pace (app_key, next_slot) VALUES ($1, clock_timestamp()) \
-     ON CONFLICT (app_key) DO NOTHING";
-/// Reserves `$2` seconds of the app's tile timeline; returns how long until the first
-/// reserved slot. Server time on both sides, so clocks of different hosts never matter.
-const RESERVE_PACE: &str = "WITH prev AS ( \
-         SELECT next_slot FROM mly_harvest_global.tile_pace WHERE app_key = $1 FOR UPDATE) \
-     UPDATE mly_harvest_global.tile_pace p \
-     SET next_slot = greatest(prev.next_slot, clock_timestamp()) + make_interval(secs => $2) \
-     FROM prev WHERE p.app_key = $1 \
-     RETURNING greatest(extract(epoch FROM prev.next_slot - clock_timestamp()), 0)::float8";
 /// Tiles of one app's day already granted.
 const USED: &str = "SELECT used::bigint FROM mly_harvest_global.tile_budget WHERE app_key = $1 AND day = $2";
-
-/// Which budget a process spends: a non-secret key derived from the access token's app id.
-///
-/// A Mapillary client token reads `MLY|<app id>|<secret>`; every token of one app gets the same
-/// key. A token of another shape is hashed whole. Only 48 bits of a hash are kept, so the key
-/// names the app without revealing anything of the token's secret part.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppKey(String);
-
-impl AppKey {
-    /// The key of the app a token belongs to.
-    pub fn from_token(token: &str) -> AppKey {
-        let token = token.trim();
-        let parts: Vec<&str> = token.split('|').collect();
-        let basis = match parts.as_slice() {
-            ["MLY", app, _] if !app.is_empty() && app.bytes().all(|b| b.is_ascii_digit()) => {
-                format!("mly-app:{app}")
-            }
-            _ => format!("token:{token}"),
-        };
-        AppKey(format!("app-{:012x}", fnv1a(basis.as_bytes()) >> 16))
-    }
-
-    /// The key as stored in `mly_harvest_global`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for AppKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The configured tile limits (`limits.tiles_per_day`, `limits.tiles_per_minute`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,18 +120,12 @@ pub async fn take(
         .execute(&mut *tx)
         .await
         .map_err(query_err(ctx()))?;
+    // The granted tiles' slots of the app's tile timeline, in the budget's transaction: a
+    // rolled-back grant reserves nothing.
     let spacing = limits.spacing();
-    sqlx::query(SEED_PACE).bind(app.as_str()).execute(&mut *tx).await.map_err(query_err(ctx()))?;
-    let first_in: f64 = sqlx::query_scalar(RESERVE_PACE)
-        .bind(app.as_str())
-        .bind(spacing.as_secs_f64() * f64::from(granted))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query_err(ctx()))?;
+    let slots = timeline::reserve(&mut *tx, app, Family::Tiles, spacing * granted).await?;
     tx.commit().await.map_err(query_err(ctx()))?;
-    // The server returns a non-negative number of seconds; anything else is treated as "now".
-    let first_in = Duration::try_from_secs_f64(first_in).unwrap_or(Duration::ZERO);
-    Ok(Grant { tiles: granted, first_in, spacing })
+    Ok(Grant { tiles: granted, first_in: slots.first_in, spacing })
 }
 
 /// Tiles of the app's UTC-day budget already granted (0 when nothing was taken that day).
@@ -190,20 +142,6 @@ pub async fn used(store: &Store, app: &AppKey, day: NaiveDate) -> Result<i64, St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn app_key_names_the_app_not_the_secret() {
-        let a = AppKey::from_token("MLY|4000000000000001|0123456789abcdef0123456789abcdef");
-        let b = AppKey::from_token("MLY|4000000000000001|fedcba9876543210fedcba9876543210\n");
-        let c = AppKey::from_token("MLY|4000000000000002|0123456789abcdef0123456789abcdef");
-        assert_eq!(a, b, "two tokens of one app share the budget");
-        assert_ne!(a, c);
-        for k in [&a, &c, &AppKey::from_token("not-a-client-token-secret")] {
-            assert!(k.as_str().starts_with("app-") && k.as_str().len() == 16, "{k}");
-            assert!(!k.as_str().contains("4000000000000001") && !k.as_str().contains("0123456789"), "{k}");
-        }
-        assert_ne!(AppKey::from_token("xyz-secret-1"), AppKey::from_token("xyz-secret-2"));
-    }
 
     #[test]
     fn grant_slots_are_spaced() {
