@@ -11,3 +11,9 @@ COMMENT ON COLUMN harvest_tile.skip_reason IS 'Why a skipped tile was not fetche
 
 ALTER TABLE tile_state ADD COLUMN probed_at timestamptz;
 COMMENT ON COLUMN tile_state.probed_at IS 'When a Graph search last found the tile empty (a tile never fetched because it had no image)';
+
+-- A run exists from its start (status and metrics name it, its workers are listed) and is
+-- planned once, by one process, under an advisory lock; a run whose planning was interrupted
+-- is planned again by the next process (runs of earlier versions were planned when created).
+ALTER TABLE harvest_run ADD COLUMN planned boolean NOT NULL DEFAULT true;
+COMMENT ON COLUMN harvest_run.planned IS 'Whether the run''s tiles are planned (false while its first process plans it)';

@@ -424,7 +424,8 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         let tiles = jobs::run_tiles(store, jobs::RunId(run.id)).await?;
-        let live = workers.as_ref().ok().map(|ws| ws.iter().filter(|w| w.run_id == run.id).cloned().collect());
+        let live =
+            workers.as_ref().ok().map(|ws| ws.iter().filter(|w| w.run_id == run.id).cloned().collect());
         out.push(RunStatus { run, tiles, workers: live });
     }
     let mut text = String::new();

@@ -13,7 +13,10 @@ use crate::store::StoreError;
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
 
-pub use runs::{RunInfo, RunStatus, RunSummary, finish, last_success, resumable, runs, start_or_resume};
+pub use runs::{
+    PlanningLock, RunInfo, RunStatus, RunSummary, finish, is_planned, last_success, open_run, runs,
+    save_plan, start_or_resume, try_lock_planning,
+};
 pub use tiles::{
     Claimed, Deferral, DoneCounts, Lease, TileCount, TileOutcomeRow, TileState, add_dependents, claim,
     defer_tile, fail_tile, hand_back, lock_for_write, mark_done, release, renew, run_tiles, tile_outcomes,

@@ -6,19 +6,25 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{JobsError, PlannedTile, RunId, q, scrub_settings, tile_key};
-use crate::store::Store;
+use crate::store::{ADVISORY_LOCK_KEY, Store};
 
 /// Two processes starting the same region at once must end up in one run, not two: the run
 /// key's advisory lock serialises them (the second finds the first's run and resumes it).
-const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7243901122))";
+const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))";
+/// Planning a run is one process's job: the others wait on this session lock (tried, so that
+/// an interrupt is never stuck in a statement), then find the run planned.
+const TRY_LOCK_PLANNING: &str = "SELECT pg_try_advisory_lock(hashtextextended('plan:' || $1::text, $2))";
+const UNLOCK_PLANNING: &str = "SELECT pg_advisory_unlock(hashtextextended('plan:' || $1::text, $2))";
+const IS_PLANNED: &str = "SELECT planned FROM harvest_run WHERE id = $1";
+const MARK_PLANNED: &str = "UPDATE harvest_run SET planned = true, tiles_total = $2 WHERE id = $1";
 const RESUMABLE_RUN: &str = "SELECT id FROM harvest_run WHERE run_key = $1 AND status IN ('running', 'partial', 'stopped') \
      ORDER BY id DESC LIMIT 1";
 /// On resume, failed tiles get their attempts back: the same command retries only those.
 const RETRY_FAILED: &str = "UPDATE harvest_tile SET state = 'pending', attempts = 0, empty_reads = 0, not_before = NULL, \
      lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE run_id = $1 AND state = 'failed'";
 const REOPEN_RUN: &str = "UPDATE harvest_run SET status = 'running', finished_at = NULL WHERE id = $1";
-const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total) \
-     VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', $5) \
+const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total, planned) \
+     VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', 0, false) \
      RETURNING id";
 /// A temp stage absorbs duplicate planned tiles, which would abort a direct COPY.
 const CREATE_STAGE_PLAN: &str = "CREATE TEMP TABLE stage_plan (run_id bigint, tileset text, z smallint, x integer, \
@@ -27,9 +33,9 @@ const COPY_STAGE_PLAN: &str = "COPY stage_plan FROM STDIN";
 const INSERT_PLANNED: &str = "INSERT INTO harvest_tile (run_id, tileset, z, x, y, state, skip_reason) \
      SELECT DISTINCT ON (run_id, tileset, z, x, y) run_id, tileset, z, x, y, state, skip_reason FROM stage_plan \
      ORDER BY run_id, tileset, z, x, y, state ON CONFLICT DO NOTHING";
-const SET_TOTAL: &str = "UPDATE harvest_run SET tiles_total = $2 WHERE id = $1";
 const COUNT_TILES: &str = "SELECT count(*), count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'), \
-     count(*) FILTER (WHERE state IN ('pending', 'leased')), count(*) FILTER (WHERE state = 'skipped') \
+     count(*) FILTER (WHERE state IN ('pending', 'leased')), count(*) FILTER (WHERE state = 'skipped'), \
+     (SELECT planned FROM harvest_run WHERE id = $1) \
      FROM harvest_tile WHERE run_id = $1";
 const FINISH_RUN: &str = "UPDATE harvest_run SET status = $2, finished_at = now(), tiles_done = $3, tiles_failed = $4, \
      counters = $5 WHERE id = $1";
@@ -130,28 +136,22 @@ pub struct RunInfo {
     pub counters: serde_json::Value,
 }
 
-/// The newest unfinished run with this key, if any: a resumed run is not planned again.
-pub async fn resumable(store: &Store, run_key: &str) -> Result<Option<RunId>, JobsError> {
-    let id: Option<i64> = sqlx::query_scalar(RESUMABLE_RUN)
-        .bind(run_key)
-        .fetch_optional(store.pool())
-        .await
-        .map_err(q("looking for a run to resume"))?;
-    Ok(id.map(RunId))
-}
-
 /// Resumes the newest unfinished run with this key (failed tiles go back to pending), or starts
-/// a new run with all its tiles pending.
-pub async fn start_or_resume(
+/// a new, not yet planned one. Returns the run and whether it was resumed.
+pub async fn open_run(
     store: &Store,
     region_name: &str,
     region_wkb: &[u8],
     run_key: &str,
     settings: &serde_json::Value,
-    tiles: &[PlannedTile],
 ) -> Result<(RunId, bool), JobsError> {
     let mut tx = store.pool().begin().await.map_err(q("starting a run"))?;
-    sqlx::query(LOCK_RUN_KEY).bind(run_key).execute(&mut *tx).await.map_err(q("locking the run key"))?;
+    sqlx::query(LOCK_RUN_KEY)
+        .bind(run_key)
+        .bind(ADVISORY_LOCK_KEY)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("locking the run key"))?;
     let existing: Option<i64> = sqlx::query_scalar(RESUMABLE_RUN)
         .bind(run_key)
         .fetch_optional(&mut *tx)
@@ -169,17 +169,65 @@ pub async fn start_or_resume(
         tracing::debug!(run = id, retried_failed = retried, "resuming run");
         return Ok((RunId(id), true));
     }
-
     let id: i64 = sqlx::query_scalar(INSERT_RUN)
         .bind(region_name)
         .bind(region_wkb)
         .bind(run_key)
         .bind(scrub_settings(settings))
-        .bind(i32::try_from(tiles.len()).unwrap_or(i32::MAX))
         .fetch_one(&mut *tx)
         .await
         .map_err(q(format!("creating the run for region {region_name}")))?;
+    tx.commit().await.map_err(q(format!("committing the new run for region {region_name}")))?;
+    tracing::debug!(run = id, region = region_name, "started run");
+    Ok((RunId(id), false))
+}
 
+/// The planning lock of a run, held on a connection of its own until [`PlanningLock::release`].
+pub struct PlanningLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    run_key: String,
+}
+
+/// Takes the planning lock of `run_key` when it is free (None: another process is planning).
+pub async fn try_lock_planning(store: &Store, run_key: &str) -> Result<Option<PlanningLock>, JobsError> {
+    let mut conn = store.pool().acquire().await.map_err(q("acquiring a connection to plan"))?;
+    let got: bool = sqlx::query_scalar(TRY_LOCK_PLANNING)
+        .bind(run_key)
+        .bind(ADVISORY_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(q("locking the run's planning"))?;
+    Ok(got.then(|| PlanningLock { conn, run_key: run_key.to_string() }))
+}
+
+impl PlanningLock {
+    /// Releases the lock (dropping the connection would also end it, with the session).
+    pub async fn release(mut self) -> Result<(), JobsError> {
+        sqlx::query(UNLOCK_PLANNING)
+            .bind(&self.run_key)
+            .bind(ADVISORY_LOCK_KEY)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(q("unlocking the run's planning"))?;
+        Ok(())
+    }
+}
+
+/// Whether the run's tiles are planned.
+pub async fn is_planned(store: &Store, run: RunId) -> Result<bool, JobsError> {
+    sqlx::query_scalar(IS_PLANNED)
+        .bind(run.0)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(q(format!("reading run {run}")))?
+        .ok_or(JobsError::NoSuchRun(run))
+}
+
+/// Writes the run's plan (every tile, fetched or skipped) and marks it planned, in one
+/// transaction.
+pub async fn save_plan(store: &Store, run: RunId, tiles: &[PlannedTile]) -> Result<(), JobsError> {
+    let id = run.0;
+    let mut tx = store.pool().begin().await.map_err(q(format!("planning run {run}")))?;
     let mut buf = Vec::with_capacity(tiles.len() * 48);
     for t in tiles {
         let (z, x, y) = tile_key(t.tile);
@@ -191,6 +239,7 @@ pub async fn start_or_resume(
             format!("{id}\t{}\t{z}\t{x}\t{y}\t{state}\t{reason}\n", t.tileset.name()).as_bytes(),
         );
     }
+    let mut n = 0;
     if !buf.is_empty() {
         sqlx::raw_sql(CREATE_STAGE_PLAN).execute(&mut *tx).await.map_err(q("staging planned tiles"))?;
         let mut c = tx.copy_in_raw(COPY_STAGE_PLAN).await.map_err(q("copying planned tiles"))?;
@@ -199,21 +248,38 @@ pub async fn start_or_resume(
             return Err(q("copying planned tiles")(e));
         }
         c.finish().await.map_err(q("copying planned tiles"))?;
-        let n = sqlx::query(INSERT_PLANNED)
+        n = sqlx::query(INSERT_PLANNED)
             .execute(&mut *tx)
             .await
             .map_err(q("inserting planned tiles"))?
             .rows_affected();
-        sqlx::query(SET_TOTAL)
-            .bind(id)
-            .bind(i32::try_from(n).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(q("counting planned tiles"))?;
     }
-    tx.commit().await.map_err(q(format!("committing the new run for region {region_name}")))?;
-    tracing::debug!(run = id, tiles = tiles.len(), region = region_name, "started run");
-    Ok((RunId(id), false))
+    sqlx::query(MARK_PLANNED)
+        .bind(id)
+        .bind(i32::try_from(n).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(q("marking the run planned"))?;
+    tx.commit().await.map_err(q(format!("committing the plan of run {run}")))?;
+    tracing::debug!(run = id, tiles = tiles.len(), "planned run");
+    Ok(())
+}
+
+/// Resumes the newest unfinished run with this key, or starts and plans a new one with `tiles`
+/// (for callers that know the plan up front).
+pub async fn start_or_resume(
+    store: &Store,
+    region_name: &str,
+    region_wkb: &[u8],
+    run_key: &str,
+    settings: &serde_json::Value,
+    tiles: &[PlannedTile],
+) -> Result<(RunId, bool), JobsError> {
+    let (run, resumed) = open_run(store, region_name, region_wkb, run_key, settings).await?;
+    if !is_planned(store, run).await? {
+        save_plan(store, run, tiles).await?;
+    }
+    Ok((run, resumed))
 }
 
 /// Closes the run: `done` if every tile is done, `stopped` if some are still pending or leased
@@ -235,7 +301,9 @@ pub async fn finish(
     let failed: i64 = r.try_get(2).map_err(q(ctx()))?;
     let pending: i64 = r.try_get(3).map_err(q(ctx()))?;
     let skipped: i64 = r.try_get(4).map_err(q(ctx()))?;
-    let status = if pending > 0 {
+    let planned: Option<bool> = r.try_get(5).map_err(q(ctx()))?;
+    // A run stopped while it was planned has no tiles yet, and is not done.
+    let status = if pending > 0 || planned == Some(false) {
         RunStatus::Stopped
     } else if failed > 0 {
         RunStatus::Partial

@@ -117,6 +117,41 @@ async fn stop_for(e: ApiError, store: &Store, key: &block::BlockKey, harvest: &H
     }
 }
 
+/// How often a process waits for another one that plans the run.
+const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Plans `run` unless it is planned: one process plans (under the run key's planning lock), the
+/// others wait until it has, so a run is planned once however many processes start it. Returns
+/// the plan when this process made it.
+async fn plan_once(
+    inputs: &plan::PlanInputs<'_>,
+    run: RunId,
+    run_key: &str,
+    region: &Region,
+) -> Result<Option<plan::Plan>, plan::PlanError> {
+    loop {
+        if jobs::is_planned(inputs.store, run).await? {
+            return Ok(None);
+        }
+        if let Some(lock) = jobs::try_lock_planning(inputs.store, run_key).await? {
+            if jobs::is_planned(inputs.store, run).await? {
+                lock.release().await?;
+                return Ok(None);
+            }
+            let made = plan::plan(inputs, &region.tiles(HARVEST_ZOOM)).await;
+            if let Ok(p) = &made {
+                jobs::save_plan(inputs.store, run, &p.tiles).await?;
+            }
+            lock.release().await?;
+            return made.map(Some);
+        }
+        if interrupt::is_set() {
+            return Ok(None);
+        }
+        tokio::time::sleep(PLANNING_POLL).await;
+    }
+}
+
 /// Harvests `region` (or resumes its unfinished run) and returns the summary.
 pub async fn sync(
     settings: &SyncSettings,
@@ -147,36 +182,41 @@ pub async fn sync(
         let tile_limits =
             budget::TileLimits { per_day: settings.limits.tiles_per_day, per_minute: settings.limits.tiles_per_minute };
         let day = opts.budget_day.unwrap_or_else(|| Utc::now().date_naive());
-        // A resumed run keeps its plan; a new one is planned here, which costs Graph probes and a
-        // few low-zoom tile requests but saves most z14 ones.
-        let mut made = plan::Plan::default();
-        if jobs::resumable(store, &run_key).await?.is_none() {
-            let period = opts.refresh_tiles_older_than.unwrap_or(plan::DEFAULT_REFRESH_PERIOD);
-            let inputs = plan::PlanInputs {
-                store,
-                api: &api,
-                harvest,
-                rolling: plan::rolling(period, Utc::now()),
-                app: &app,
-                day,
-                limits: tile_limits,
-            };
-            let planned = plan::plan(&inputs, &region.tiles(HARVEST_ZOOM)).await;
-            if planned.is_err()
-                && let Some(t) = &opts.trace
-            {
-                t.requests_only(api.counters());
+        let (run, resumed) = jobs::open_run(store, &region.name, &region.to_wkb(), &run_key, &run_settings).await?;
+        info!(run = %run, resumed, "run started");
+        let owner = jobs::owner_id();
+        // Listed by `status` while the run is in progress (heartbeat with the lease renewal).
+        workers::register(store, run, &owner, settings.harvest.lease).await?;
+        let period = opts.refresh_tiles_older_than.unwrap_or(plan::DEFAULT_REFRESH_PERIOD);
+        let inputs = plan::PlanInputs {
+            store,
+            api: &api,
+            harvest,
+            rolling: plan::rolling(period, Utc::now()),
+            app: &app,
+            day,
+            limits: tile_limits,
+        };
+        let made = match plan_once(&inputs, run, &run_key, region).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The run stays resumable (unplanned, stopped); its requests are reported.
+                if let Some(t) = &opts.trace {
+                    t.requests_only(api.counters());
+                }
+                let stored = serde_json::json!({ "requests": api.counters() });
+                jobs::finish(store, run, &stored).await?;
+                workers::deregister(store, &owner).await?;
+                return Err(match e {
+                    plan::PlanError::Store(e) => e.into(),
+                    plan::PlanError::Jobs(e) => e.into(),
+                    plan::PlanError::Api(e) => stop_for(e, store, &block_key, harvest).await,
+                });
             }
-            made = match planned {
-                Ok(p) => p,
-                Err(plan::PlanError::Store(e)) => return Err(e.into()),
-                Err(plan::PlanError::Api(e)) => return Err(stop_for(e, store, &block_key, harvest).await),
-            };
-        }
-        let (run, resumed) =
-            jobs::start_or_resume(store, &region.name, &region.to_wkb(), &run_key, &run_settings, &made.tiles).await?;
-        let planned_count = made.tiles.len();
-        info!(run = %run, resumed, tiles = planned_count, "run started");
+        };
+        // Planned here or by another process: the progress bar counts the run's tiles.
+        let planned_count: i64 = jobs::run_tiles(store, run).await?.iter().map(|t| t.count).sum();
+        let made = made.unwrap_or_default();
 
         let refresh_before =
             opts.refresh_older_than.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() - d);
@@ -184,7 +224,7 @@ pub async fn sync(
             store: store.clone(),
             api,
             run,
-            owner: jobs::owner_id(),
+            owner,
             harvest: harvest.clone(),
             concurrency: settings.limits.concurrency as usize,
             app,
@@ -199,9 +239,7 @@ pub async fn sync(
             analyzed_at: AtomicU64::new(0),
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);
-        // Listed by `status` while the run is in progress (heartbeat with the lease renewal).
-        workers::register(store, run, &ctx.owner, settings.harvest.lease).await?;
-        let outcome = drive(&ctx, &opts, planned_count as u64).await;
+        let outcome = drive(&ctx, &opts, u64::try_from(planned_count).unwrap_or(0)).await;
         debug!(stages = %store.times().summary(), "time per stage, summed over tiles");
         jobs::release(store, run, &ctx.owner).await?;
         // After an interrupt, stop promptly: linking is idempotent and the next sync does it.

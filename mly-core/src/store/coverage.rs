@@ -23,6 +23,12 @@ const SEQUENCE_TILES: &str = "SELECT DISTINCT sequence_id, tile_x, tile_y FROM i
      WHERE tile_z = $1 AND tile_x BETWEEN $2 AND $3 AND tile_y BETWEEN $4 AND $5 \
      AND deleted_at IS NULL AND sequence_id IS NOT NULL";
 
+/// The z14 tiles (of those given as (x, y) arrays) with live images whose detections were never
+/// fetched.
+const LACKING_DETECTIONS: &str = "SELECT DISTINCT i.tile_x, i.tile_y FROM images i \
+     JOIN unnest($2::int[], $3::int[]) AS t(x, y) ON i.tile_x = t.x AND i.tile_y = t.y \
+     WHERE i.tile_z = $1 AND i.deleted_at IS NULL AND i.detections_at IS NULL";
+
 /// A row of [`TILE_STATES`]: x, y, last fetched, probed, record count.
 type TileStateRow = (i32, i32, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i32);
 
@@ -61,6 +67,29 @@ impl Store {
                 && let Ok(t) = TileId::new(z, x, y)
             {
                 out.insert(t, KnownTile { last_fetched_at, probed_at, record_count });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Those of `tiles` (one zoom) holding live images whose detections were never fetched
+    /// (detections switched on after they were harvested).
+    pub async fn tiles_lacking_detections(&self, tiles: &[TileId]) -> Result<HashSet<TileId>, StoreError> {
+        let mut out = HashSet::new();
+        let Some(z) = tiles.first().map(|t| t.z) else { return Ok(out) };
+        let (xs, ys): (Vec<i32>, Vec<i32>) = tiles.iter().map(|t| (tile_key(*t).1, tile_key(*t).2)).unzip();
+        let rows: Vec<(i32, i32)> = sqlx::query_as(LACKING_DETECTIONS)
+            .bind(i16::from(z))
+            .bind(&xs)
+            .bind(&ys)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("looking for tiles whose images lack detections"))?;
+        for (x, y) in rows {
+            if let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y))
+                && let Ok(t) = TileId::new(z, x, y)
+            {
+                out.insert(t);
             }
         }
         Ok(out)

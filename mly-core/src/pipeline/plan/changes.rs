@@ -133,9 +133,14 @@ pub(crate) async fn changed_tiles(
     parents.sort_unstable();
     let mut out = Changes::default();
     let mut reads = futures::stream::iter(parents.into_iter().map(|p| async move {
+        // After an interrupt no new read starts (the tiles under it count as unread, the safe
+        // side); reads in flight finish, their database statements are never cut.
+        if crate::pipeline::interrupt::is_set() {
+            return Ok::<_, ChangesError>((p, None, false));
+        }
         let grant = budget::take(store, app, day, limits, 1).await?;
         if grant.tiles == 0 {
-            return Ok::<_, ChangesError>((p, None, false));
+            return Ok((p, None, false));
         }
         tokio::time::sleep(grant.start_of(0)).await;
         let listed = match api.tile(Tileset::Public, p, None).await {

@@ -39,6 +39,11 @@ fn probe_box(t: TileId) -> Option<Bbox> {
 /// retries) stop the plan; any other failure makes the tile one to fetch.
 pub(crate) async fn probe(api: &ApiClient, tiles: &[TileId]) -> Result<Probed, ApiError> {
     let mut results = futures::stream::iter(tiles.iter().copied().map(|t| async move {
+        // After an interrupt no new probe starts: the tile is one to fetch (the safe side), and
+        // the run stops before it fetches anything.
+        if crate::pipeline::interrupt::is_set() {
+            return (t, Ok(None));
+        }
         let Some(b) = probe_box(t) else { return (t, Ok(None)) };
         (t, api.any_image(&b).await)
     }))

@@ -38,6 +38,8 @@ pub(crate) enum PlanError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsError),
 }
 
 impl From<changes::ChangesError> for PlanError {
@@ -117,6 +119,12 @@ pub(crate) async fn plan(inp: &PlanInputs<'_>, tiles: &[TileId]) -> Result<Plan,
             }
             Some(_) => candidates.push(*t),
         }
+    }
+    // Images harvested before detections were switched on need their tiles read again.
+    if inp.harvest.enrich && inp.harvest.detections && !candidates.is_empty() {
+        let lacking = inp.store.tiles_lacking_detections(&candidates).await?;
+        candidates.retain(|t| !lacking.contains(t));
+        fetch.extend(lacking);
     }
     let mut empty: HashSet<TileId> = HashSet::new();
     unknown.extend(to_probe_again);
