@@ -79,7 +79,8 @@ pub enum ThumbSize {
 
 impl ThumbSize {
     /// Every size, smallest first.
-    pub const ALL: [ThumbSize; 4] = [ThumbSize::S256, ThumbSize::S1024, ThumbSize::S2048, ThumbSize::Original];
+    pub const ALL: [ThumbSize; 4] =
+        [ThumbSize::S256, ThumbSize::S1024, ThumbSize::S2048, ThumbSize::Original];
 
     /// The Graph field holding this size's URL.
     pub fn field(self) -> &'static str {

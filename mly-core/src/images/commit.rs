@@ -17,8 +17,9 @@ use crate::store::Store;
 
 /// Rows per statement at most.
 const BATCH: usize = 256;
-/// How long the first file of a batch waits for others before the batch is written.
-const LINGER: Duration = Duration::from_millis(100);
+/// How long the first file of a batch waits for others before the batch is written: short, as a
+/// file downloaded but not yet committed is fetched again if the process is killed.
+const LINGER: Duration = Duration::from_millis(20);
 /// Complete files waiting to be committed (bounded: downloads wait when the database is slow).
 const QUEUE: usize = 1024;
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
@@ -27,10 +27,25 @@ use crate::store::Store;
 /// Files checked per blocking task, and such tasks at once.
 const CHECK_CHUNK: usize = 256;
 const CHECK_TASKS: usize = 2;
+/// After SIGINT/SIGTERM, how long downloads in flight may take to finish (a picture completed is
+/// a picture not fetched again); what is still running then is dropped with its temp file.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether downloads go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    /// They do.
+    Go,
+    /// No new ones (an interrupt); those in flight get [`STOP_GRACE`] to finish.
+    Drain,
+    /// Those in flight end at once (an error stops the run).
+    Now,
+}
 
 /// Downloads the pictures of the selected images into `opts.out`. `stop` resolving (SIGINT,
-/// SIGTERM) ends the run cleanly: downloads in flight are dropped with their temp files, files
-/// already complete are committed, the sidecars are written, and the summary says `interrupted`.
+/// SIGTERM) ends the run cleanly: no new download starts, those in flight get a few seconds to
+/// finish (then they are dropped with their temp files), complete files are committed, the
+/// sidecars are written, and the summary says `interrupted`.
 pub async fn download(
     store: &Store,
     api: &ApiClient,
@@ -41,7 +56,7 @@ pub async fn download(
 ) -> Result<Summary, ImagesError> {
     let started = Instant::now();
     let calls_before = api.counters().entity;
-    let (stop_tx, _) = watch::channel(false);
+    let (stop_tx, _) = watch::channel(Halt::Go);
     let stop_tx = Arc::new(stop_tx);
     let interrupted = Arc::new(AtomicBool::new(false));
     let stopper = {
@@ -49,7 +64,13 @@ pub async fn download(
         tokio::spawn(async move {
             stop.await;
             flag.store(true, Ordering::Relaxed);
-            tx.send_replace(true);
+            tx.send_if_modified(|h| {
+                let go = *h == Halt::Go;
+                if go {
+                    *h = Halt::Drain;
+                }
+                go
+            });
         })
     };
     let result = async {
@@ -87,7 +108,7 @@ struct Run<'a> {
     counters: &'a Arc<Counters>,
     root: &'a Path,
     key: &'a str,
-    stop: &'a Arc<watch::Sender<bool>>,
+    stop: &'a Arc<watch::Sender<Halt>>,
 }
 
 impl Run<'_> {
@@ -95,13 +116,17 @@ impl Run<'_> {
         Counters::add(&self.counters.selected, wanted.len() as u64);
         let known = state::load(self.store, self.key).await?;
         let checked = self.check(wanted, &known).await?;
-        let committer =
-            Committer::start(self.store.clone(), self.root.to_path_buf(), self.key.to_string(), self.counters.clone());
+        let committer = Committer::start(
+            self.store.clone(),
+            self.root.to_path_buf(),
+            self.key.to_string(),
+            self.counters.clone(),
+        );
         let mut jobs = Vec::new();
-        let mut fatal = None;
+        let mut committer_stopped = false;
         for (job, action) in checked {
             let row = known.get(&job.want.id.0);
-            let how = match (action, row) {
+            let (how, row) = match (action, row) {
                 (Action::Fetch, _) | (_, None) => {
                     jobs.push(job);
                     continue;
@@ -114,11 +139,11 @@ impl Run<'_> {
                 (Action::Move { from }, Some(r)) => (How::Move { from }, r),
                 (Action::Relink, Some(r)) => (How::Relink, r),
             };
-            let (how, row) = how;
             Counters::add(&self.counters.skipped, 1);
             let row = FileRow { path: job.rel.clone(), ..row.clone() };
             if !committer.send(Commit { row, how }).await {
-                fatal = Some(());
+                // It stopped on an error, which `finish` returns below.
+                committer_stopped = true;
                 break;
             }
         }
@@ -129,7 +154,7 @@ impl Run<'_> {
             skipped = self.counters.counts().skipped,
             "checked the files on disk"
         );
-        let fetched = if fatal.is_none() { self.fetch_all(&committer, jobs).await } else { Ok(()) };
+        let fetched = if committer_stopped { Ok(()) } else { self.fetch_all(&committer, jobs).await };
         let committed = committer.finish().await;
         // The sidecars reflect what is complete, however the run ended.
         let listed = async {
@@ -200,7 +225,7 @@ impl Run<'_> {
         let mut stop = self.stop.subscribe();
         let mut fatal: Option<ImagesError> = None;
         loop {
-            if *stop.borrow() {
+            if *stop.borrow() != Halt::Go {
                 break;
             }
             while running.len() < concurrency {
@@ -211,7 +236,7 @@ impl Run<'_> {
                 Next::Lookup => {
                     let looked = tokio::select! {
                         biased;
-                        _ = stop.wait_for(|s| *s) => break,
+                        _ = stop.wait_for(|h| *h != Halt::Go) => break,
                         r = urls.lookup(self.api) => r,
                     };
                     match looked {
@@ -241,7 +266,8 @@ impl Run<'_> {
                     break;
                 }
                 if deadline.is_none() {
-                    fatal = Some(ImagesError::Internal("the download scheduler has nothing to wait for".into()));
+                    fatal =
+                        Some(ImagesError::Internal("the download scheduler has nothing to wait for".into()));
                     break;
                 }
             }
@@ -253,12 +279,14 @@ impl Run<'_> {
                     }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait_for(|h| *h != Halt::Go) => break,
             }
         }
-        // Done, stopped or failed: downloads still running end at once (they watch the flag);
-        // the ones that completed first are committed all the same.
-        self.stop.send_replace(true);
+        // An error ends downloads in flight at once; an interrupt lets them finish for a moment.
+        // Whatever completes is committed all the same.
+        if fatal.is_some() {
+            self.stop.send_replace(Halt::Now);
+        }
         while let Some(joined) = running.join_next().await {
             if let Err(e) = self.settle(joined, committer, None).await {
                 fatal.get_or_insert(e);
@@ -269,11 +297,11 @@ impl Run<'_> {
 
     fn spawn(&self, running: &mut JoinSet<Fetching>, cdn: &Arc<Cdn>, job: Job, url: String) {
         let part = part_path(&self.root.join(&job.rel));
-        let (cdn, mut stop) = (cdn.clone(), self.stop.subscribe());
+        let (cdn, stop) = (cdn.clone(), self.stop.subscribe());
         running.spawn(async move {
             let outcome = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => None,
+                _ = halted(stop) => None,
                 r = cdn.fetch(&url, &part) => Some(r),
             };
             if !matches!(outcome, Some(Ok(Outcome::Done(_)))) {
@@ -311,7 +339,7 @@ impl Run<'_> {
                     Ok(())
                 } else {
                     // The committer stopped on an error; `finish` returns it.
-                    self.stop.send_replace(true);
+                    self.stop.send_replace(Halt::Now);
                     Ok(())
                 }
             }
@@ -319,7 +347,9 @@ impl Run<'_> {
                 let Some(urls) = urls else { return Ok(()) };
                 match urls.expired(job) {
                     Ok(()) => Counters::add(&self.counters.refreshed, 1),
-                    Err(job) => self.failed(&job, &format!("its URL expired {} times in a row", MAX_REFRESHES + 1)),
+                    Err(job) => {
+                        self.failed(&job, &format!("its URL expired {} times in a row", MAX_REFRESHES + 1))
+                    }
                 }
                 Ok(())
             }
@@ -363,6 +393,19 @@ struct Fetching {
     job: Job,
     part: PathBuf,
     outcome: Option<Result<Outcome, ImagesError>>,
+}
+
+/// Resolves when a download in flight must end: at once on [`Halt::Now`], after
+/// [`STOP_GRACE`] on [`Halt::Drain`].
+async fn halted(mut rx: watch::Receiver<Halt>) {
+    // The sender outlives every download task; Err (closed) would mean the run is gone anyway.
+    let _ = rx.wait_for(|h| *h != Halt::Go).await;
+    if *rx.borrow() == Halt::Drain {
+        tokio::select! {
+            _ = tokio::time::sleep(STOP_GRACE) => {}
+            _ = rx.wait_for(|h| *h == Halt::Now) => {}
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -52,7 +52,10 @@ enum Attempt {
     /// Refused for good (404, not a JPEG, too large).
     Refused(String),
     /// Worth retrying; `no_answer` when the server did not answer (connect failure, timeout).
-    Transient { message: String, no_answer: bool },
+    Transient {
+        message: String,
+        no_answer: bool,
+    },
 }
 
 /// The download client, shared by every download of a run.
@@ -78,7 +81,12 @@ impl Cdn {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mly-harvest/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ImagesError::Internal(format!("cannot build the download client: {}", error_chain(&e.without_url()))))?;
+            .map_err(|e| {
+                ImagesError::Internal(format!(
+                    "cannot build the download client: {}",
+                    error_chain(&e.without_url())
+                ))
+            })?;
         Ok(Cdn {
             http,
             max_retries: o.max_retries,
@@ -131,7 +139,10 @@ impl Cdn {
         match status {
             StatusCode::FORBIDDEN => return Ok(Attempt::Expired),
             StatusCode::NOT_FOUND | StatusCode::GONE => {
-                return Ok(Attempt::Refused(format!("HTTP {}: the image server has no such picture", status.as_u16())));
+                return Ok(Attempt::Refused(format!(
+                    "HTTP {}: the image server has no such picture",
+                    status.as_u16()
+                )));
             }
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 return Ok(Attempt::Transient { message: format!("HTTP {}", s.as_u16()), no_answer: false });

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::sync::mpsc;
 
+use super::ImagesError;
 use super::commit::sync_dir;
 use super::layout::{SIDECAR_CSV, SIDECAR_GEOJSON, hidden};
-use super::ImagesError;
 use crate::store::{Store, query_err};
 
 const LIST: &str = "
@@ -77,7 +77,8 @@ pub(crate) async fn write(store: &Store, root: &Path, key: &str) -> Result<(u64,
         Ok::<(), ImagesError>(())
     };
     let read = read.await;
-    let written = writer.await.map_err(|e| ImagesError::Internal(format!("the sidecar writer failed: {e}")))?;
+    let written =
+        writer.await.map_err(|e| ImagesError::Internal(format!("the sidecar writer failed: {e}")))?;
     read?;
     let (n, files) = written?;
     sync_dir(root).await?;
@@ -141,7 +142,8 @@ fn write_files(root: &Path, mut rx: mpsc::Receiver<Listed>) -> Result<(u64, Vec<
     })();
     result.map_err(ImagesError::output(&gj_tmp))?;
     for (w, tmp, to) in [(gj, &gj_tmp, &geojson), (cs, &csv_tmp, &csv)] {
-        let f = w.into_inner().map_err(|e| ImagesError::Output { path: tmp.clone(), source: e.into_error() })?;
+        let f =
+            w.into_inner().map_err(|e| ImagesError::Output { path: tmp.clone(), source: e.into_error() })?;
         f.sync_all().map_err(ImagesError::output(tmp))?;
         std::fs::rename(tmp, to).map_err(ImagesError::output(to))?;
     }
