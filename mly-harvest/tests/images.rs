@@ -302,6 +302,13 @@ fn a_killed_or_interrupted_download_resumes_without_fetching_a_complete_file_aga
         let before = w.cdn().len();
         let mut child = w.spawn(&args);
         wait_for_files(&mut child, &dir, n / 4);
+        if sig == "KILL" {
+            // One download into a directory at a time: a second is refused and touches nothing.
+            let o = w.download(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(4), "{err}");
+            assert!(err.contains("another `mly-harvest images download` is writing into"), "{err}");
+        }
         let s = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
         assert!(s.success());
         let o = child.wait_with_output().unwrap();
