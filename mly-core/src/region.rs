@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use geo::BoundingRect;
-use geo_types::{Coord, LineString, MultiPolygon, Polygon};
-use serde_json::Value;
+use geo_types::{Coord, Geometry, LineString, MultiPolygon, Polygon};
 
 use crate::cover;
 use mly_contract::hash::fnv1a;
@@ -116,9 +115,14 @@ impl Region {
 
 /// Parses GeoJSON text into polygons, validating coordinates.
 pub fn parse_geojson(text: &str) -> Result<MultiPolygon<f64>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    use geozero::ToGeo;
+    // geozero reads the GeoJSON (a geometry, a Feature, or a FeatureCollection, whose geometries
+    // come back as a GeometryCollection); the region's own rules are checked on the result.
+    let geom = geozero::geojson::GeoJson(text)
+        .to_geo()
+        .map_err(|e| format!("is not valid JSON/GeoJSON (check its type, coordinates and nesting): {e}"))?;
     let mut polys = Vec::new();
-    collect(&v, &mut polys, 0)?;
+    collect(geom, &mut polys, 0)?;
     if polys.is_empty() {
         return Err("contains no Polygon or MultiPolygon".into());
     }
@@ -131,52 +135,40 @@ pub fn parse_geojson(text: &str) -> Result<MultiPolygon<f64>, String> {
             "has {vertices} vertices; at most {MAX_VERTICES} are accepted (simplify it, e.g. ogr2ogr -simplify 0.0001)"
         ));
     }
-    Ok(MultiPolygon(polys))
+    let mut out = Vec::with_capacity(polys.len());
+    for p in polys {
+        let exterior = ring(p.exterior())?;
+        let interiors = p.interiors().iter().map(ring).collect::<Result<Vec<_>, _>>()?;
+        out.extend(split_antimeridian(Polygon::new(exterior, interiors)));
+    }
+    Ok(MultiPolygon(out))
 }
 
-fn collect(v: &Value, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), String> {
+/// The polygons of a region geometry; any other kind of geometry is an error.
+fn collect(g: Geometry<f64>, out: &mut Vec<Polygon<f64>>, depth: usize) -> Result<(), String> {
     if depth > 4 {
         return Err("nests geometries too deeply".into());
     }
-    let ty = v.get("type").and_then(Value::as_str).ok_or("has an object without a \"type\"")?;
-    match ty {
-        "FeatureCollection" => {
-            let feats = v
-                .get("features")
-                .and_then(Value::as_array)
-                .ok_or("FeatureCollection has no \"features\" array")?;
-            for f in feats {
-                collect(f, out, depth + 1)?;
-            }
-            Ok(())
-        }
-        "Feature" => match v.get("geometry") {
-            Some(g) if !g.is_null() => collect(g, out, depth + 1),
-            _ => Err("has a Feature without geometry".into()),
-        },
-        "GeometryCollection" => {
-            let geoms = v
-                .get("geometries")
-                .and_then(Value::as_array)
-                .ok_or("GeometryCollection has no \"geometries\"")?;
-            for g in geoms {
+    match g {
+        Geometry::Polygon(p) => out.push(p),
+        Geometry::MultiPolygon(mp) => out.extend(mp.0),
+        Geometry::GeometryCollection(gc) => {
+            for g in gc.0 {
                 collect(g, out, depth + 1)?;
             }
-            Ok(())
         }
-        "Polygon" => {
-            out.extend(split_antimeridian(polygon(coords(v)?)?));
-            Ok(())
+        other => {
+            let kind = match other {
+                Geometry::Point(_) => "Point",
+                Geometry::MultiPoint(_) => "MultiPoint",
+                Geometry::LineString(_) | Geometry::Line(_) => "LineString",
+                Geometry::MultiLineString(_) => "MultiLineString",
+                _ => "non-polygon",
+            };
+            return Err(format!("has a {kind} geometry; a region must be a Polygon or MultiPolygon"));
         }
-        "MultiPolygon" => {
-            let parts = coords(v)?.as_array().ok_or("MultiPolygon coordinates must be an array")?;
-            for p in parts {
-                out.extend(split_antimeridian(polygon(p)?));
-            }
-            Ok(())
-        }
-        other => Err(format!("has a {other} geometry; a region must be a Polygon or MultiPolygon")),
     }
+    Ok(())
 }
 
 /// RFC 7946 §3.1.9: a ring edge spanning more than 180° of longitude crosses the antimeridian the
@@ -206,26 +198,14 @@ fn split_antimeridian(p: Polygon<f64>) -> Vec<Polygon<f64>> {
     out
 }
 
-fn coords(v: &Value) -> Result<&Value, String> {
-    v.get("coordinates").ok_or_else(|| "has a geometry without \"coordinates\"".to_string())
-}
-
-fn polygon(v: &Value) -> Result<Polygon<f64>, String> {
-    let rings = v.as_array().ok_or("Polygon coordinates must be an array of rings")?;
-    let mut rings = rings.iter().map(ring);
-    let exterior = rings.next().ok_or("has a Polygon with no rings")??;
-    let interiors = rings.collect::<Result<Vec<_>, _>>()?;
-    Ok(Polygon::new(exterior, interiors))
-}
-
-fn ring(v: &Value) -> Result<LineString<f64>, String> {
-    let pts = v.as_array().ok_or("a ring must be an array of positions")?;
-    let mut out = Vec::with_capacity(pts.len());
-    for p in pts {
-        let a = p.as_array().ok_or("a position must be an array [lon, lat]")?;
-        let (Some(x), Some(y)) = (a.first().and_then(Value::as_f64), a.get(1).and_then(Value::as_f64)) else {
-            return Err(format!("position {p} is not [lon, lat] numbers"));
-        };
+/// A ring checked and closed: every position a finite lon/lat, latitudes clamped to the
+/// web-mercator limit, and at least 3 distinct positions.
+fn ring(r: &LineString<f64>) -> Result<LineString<f64>, String> {
+    let mut out = Vec::with_capacity(r.0.len() + 1);
+    for &Coord { x, y } in &r.0 {
+        if !x.is_finite() || !y.is_finite() {
+            return Err(format!("position [{x}, {y}] is not [lon, lat] numbers"));
+        }
         if !(-180.0..=180.0).contains(&x) || !(-90.0..=90.0).contains(&y) {
             return Err(format!("position [{x}, {y}] is outside lon -180..180 / lat -90..90"));
         }
@@ -253,6 +233,7 @@ mod tests {
         let mp = parse_geojson(fc).unwrap();
         assert_eq!(mp.0.len(), 1);
         assert!(parse_geojson("{").unwrap_err().contains("not valid JSON"));
+        assert!(parse_geojson(r#"{"type":"FeatureCollection","features":[]}"#).is_err());
         assert!(parse_geojson(r#"{"type":"Point","coordinates":[1,2]}"#).unwrap_err().contains("Point"));
         assert!(parse_geojson(r#"{"type":"Polygon","coordinates":[[[1,2],[3,4]]]}"#).is_err());
         assert!(

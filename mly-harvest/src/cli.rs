@@ -310,8 +310,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             // Best effort: a read-only role may not see the shared block table; status still works.
             if !args.json
                 && let Ok(Some(b)) =
-                    pipeline::block::active(&store, &pipeline::block::BlockKey::new(&cfg.mapillary.tiles_url))
-                        .await
+                    jobs::block::active(&store, &jobs::block::BlockKey::new(&cfg.mapillary.tiles_url)).await
             {
                 emit(&format!("{}\n", b.message()))?;
             }
@@ -364,7 +363,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                 ignore_block: args.ignore_block,
             };
             let summary = pipeline::sync(&cfg.sync_settings(), &store, &region, opts).await?;
-            emit(&format!("{}\n", summary.render()))?;
+            emit(&format!("{}\n", crate::summary::render(&summary)))?;
             Ok(exit::of_outcome(summary.outcome))
         }
     }
@@ -395,31 +394,37 @@ async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
 }
 
 async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
+    /// One run and its tile counts, as `status --json` prints it.
+    #[derive(serde::Serialize)]
+    struct RunStatus {
+        run: jobs::RunInfo,
+        tiles: Vec<jobs::TileCount>,
+    }
     let runs = jobs::runs(store, 20).await?;
     let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
-    if args.run.is_some() && runs.is_empty() {
-        return Err(CliError::Input(format!("no run with id {}", args.run.unwrap_or_default())));
+    if let (Some(id), true) = (args.run, runs.is_empty()) {
+        return Err(CliError::Input(format!("no run with id {id}")));
     }
-    let mut out = Vec::new();
-    for r in &runs {
-        let tiles = jobs::run_tiles(store, jobs::RunId(r.id)).await?;
-        out.push(serde_json::json!({ "run": r, "tiles": tiles.iter().map(|(ts, st, n)| serde_json::json!({"tileset": ts, "state": st, "count": n})).collect::<Vec<_>>() }));
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let tiles = jobs::run_tiles(store, jobs::RunId(run.id)).await?;
+        out.push(RunStatus { run, tiles });
     }
     let mut text = String::new();
     if args.json {
         text = format!("{}\n", serde_json::to_string_pretty(&out)?);
-    } else if runs.is_empty() {
+    } else if out.is_empty() {
         text.push_str("no runs yet\n");
     } else {
         use std::fmt::Write as _;
-        for (r, o) in runs.iter().zip(&out) {
+        for RunStatus { run: r, tiles } in &out {
             // Writing into a String cannot fail.
             let _ = writeln!(
                 text,
                 "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",
                 r.id,
                 printable(&r.region_name),
-                printable(&r.status),
+                r.status,
                 r.started_at,
                 r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
                 r.tiles_done,
@@ -428,16 +433,8 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
                 r.tiles_pending,
                 r.tiles_leased
             );
-            if let Some(tiles) = o["tiles"].as_array() {
-                for t in tiles {
-                    let _ = writeln!(
-                        text,
-                        "    {:<30} {:<8} {}",
-                        printable(t["tileset"].as_str().unwrap_or("")),
-                        printable(t["state"].as_str().unwrap_or("")),
-                        t["count"]
-                    );
-                }
+            for t in tiles {
+                let _ = writeln!(text, "    {:<30} {:<8} {}", printable(&t.tileset), t.state, t.count);
             }
         }
     }

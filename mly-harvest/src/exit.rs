@@ -34,7 +34,7 @@ pub const INTERRUPTED: i32 = 130;
 /// The exit code of an error that stopped a sync.
 pub fn of_pipeline_error(e: &PipelineError) -> i32 {
     match e {
-        PipelineError::Auth(_) => AUTH,
+        PipelineError::NoToken | PipelineError::Auth(_) => AUTH,
         PipelineError::Store(_) | PipelineError::Jobs(_) => DATABASE,
         PipelineError::Api(_) | PipelineError::Unreachable(_) => API,
         PipelineError::Blocked(_) => BLOCKED,

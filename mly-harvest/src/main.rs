@@ -9,6 +9,7 @@ mod config;
 mod exit;
 mod images_cmd;
 mod ops;
+mod summary;
 
 use cli::{Cli, LogFormat};
 use mly_contract::secret::scrub;

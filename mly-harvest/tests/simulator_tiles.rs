@@ -471,16 +471,30 @@ fn the_simulator_reads_no_file_unless_told_and_has_its_own_fixture_reader() {
     let needle = format!("{}/../shared", repo_root().display());
     let needle = needle.as_bytes();
     assert!(!binary.windows(needle.len()).any(|w| w == needle), "the binary names the checkout's ../shared");
-    // And the simulator's run-time code never decodes with the harvester's decoder.
-    let dir = repo_root().join("mly-sim/src");
-    for entry in std::fs::read_dir(&dir).expect("mly-sim/src") {
-        let path = entry.expect("entry").path();
-        let src = std::fs::read_to_string(&path).expect("source");
-        let runtime = src.split("#[cfg(test)]").next().unwrap_or("");
-        assert!(
-            !runtime.contains("mvt::decode") && !runtime.contains("crate::mvt"),
-            "{} uses the harvester's decoder",
-            path.display()
-        );
+    // And the simulator's run-time code never decodes with the harvester's decoder (nor depends
+    // on the harvester's crate at all).
+    let manifest = std::fs::read_to_string(repo_root().join("mly-sim/Cargo.toml")).expect("manifest");
+    assert!(!manifest.contains("mly-core"), "mly-sim depends on the harvester");
+    let mut dirs = vec![repo_root().join("mly-sim/src")];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("mly-sim/src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            files += 1;
+            let src = std::fs::read_to_string(&path).expect("source");
+            let runtime = src.split("#[cfg(test)]").next().unwrap_or("");
+            assert!(
+                !runtime.contains("mvt::decode")
+                    && !runtime.contains("crate::mvt")
+                    && !src.contains("mly_core"),
+                "{} uses the harvester's decoder",
+                path.display()
+            );
+        }
     }
+    assert!(files > 10, "read {files} source files of mly-sim");
 }

@@ -9,11 +9,12 @@ use geozero::{CoordDimensions, ToWkb};
 use mly_contract::tiles::TileId;
 use mly_contract::{FeatureKind, Tileset};
 use mly_core::budget::{self, AppKey, TileLimits};
-use mly_core::jobs::{self, PlannedTile, RunId};
+use mly_core::jobs::{self, JobsError, Lease, PlannedTile, RunId, RunStatus, TileCount, TileState};
 use mly_core::model::{
     Detection, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage, TileSequence,
 };
-use mly_core::store::{DetectionRow, FeatureRow, ImageRow, Store, StoreError, TileWrite, Vanished};
+use mly_core::pipeline::{CommitError, commit_tile};
+use mly_core::store::{DetectionRow, FeatureRow, ImageRow, Store, TileWrite, Vanished};
 
 use common::{ogr_conn, psql, repo_root};
 
@@ -71,12 +72,42 @@ fn img(id: i64, lon: f64, lat: f64, seq: &str, captured_ms: i64) -> ImageRow {
     }
 }
 
-fn tile_write(run: RunId, owner: &str, tileset: Tileset, tile: TileId) -> TileWrite {
+/// A tile's write under a lease: the pipeline's commit (lease lock, rows, done mark in one
+/// transaction), as `sync` runs it.
+struct Job {
+    run: RunId,
+    owner: String,
+    w: TileWrite,
+}
+
+impl std::ops::Deref for Job {
+    type Target = TileWrite;
+    fn deref(&self) -> &TileWrite {
+        &self.w
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut TileWrite {
+        &mut self.w
+    }
+}
+
+impl Job {
+    async fn commit(&self, store: &Store) -> Result<mly_core::store::WriteCounts, CommitError> {
+        let lease = Lease { run: self.run, tileset: self.w.tileset, tile: self.w.tile, owner: &self.owner };
+        commit_tile(store, &lease, &self.w).await
+    }
+}
+
+fn tile_write(run: RunId, owner: &str, tileset: Tileset, tile: TileId) -> Job {
+    Job { run, owner: owner.to_string(), w: tile_write_only(tileset, tile) }
+}
+
+fn tile_write_only(tileset: Tileset, tile: TileId) -> TileWrite {
     TileWrite {
-        run_id: run.0,
         tileset,
         tile,
-        lease_owner: owner.to_string(),
         etag: Some("\"e1\"".into()),
         unchanged: false,
         images: vec![],
@@ -102,7 +133,7 @@ async fn write_images_judged(
     let mut w = tile_write(run, &owner, Tileset::Public, tile);
     w.images = images;
     w.vanished = vanished;
-    store.write_tile(&w).await.expect("write_tile")
+    w.commit(store).await.expect("commit")
 }
 
 #[tokio::test]
@@ -337,7 +368,7 @@ async fn write_upsert_tombstone_revive_and_sequences() {
     let mut w = tile_write(run, &owner, Tileset::Public, T1);
     w.unchanged = true;
     w.etag = None;
-    let c = store.write_tile(&w).await.unwrap();
+    let c = w.commit(&store).await.unwrap();
     assert_eq!(c, Default::default());
     assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images WHERE deleted_at IS NULL"), "6");
     assert_eq!(psql(&url, "SELECT etag, record_count FROM mapillary.tile_state WHERE x = 8574"), "\"e1\"|5");
@@ -379,7 +410,7 @@ async fn features_links_and_detections() {
     let (run, owner) = lease(&store, Tileset::FeatureTrafficSign, T1).await;
     let mut w = tile_write(run, &owner, Tileset::FeatureTrafficSign, T1);
     w.features = vec![feat(100, FeatureKind::TrafficSign)];
-    store.write_tile(&w).await.unwrap();
+    w.commit(&store).await.unwrap();
 
     // Real detection payload (base64 MVT) from the JOSM fixture; the pixel polygon built here.
     let fixture: serde_json::Value = serde_json::from_slice(
@@ -416,7 +447,7 @@ async fn features_links_and_detections() {
         },
         pixel_geom_wkb: Some(poly.to_wkb(CoordDimensions::xy()).unwrap()),
     }];
-    let c = store.write_tile(&w).await.unwrap();
+    let c = w.commit(&store).await.unwrap();
     assert_eq!((c.new, c.total), (2, 2));
     assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.map_feature_images WHERE map_feature_id = 1"), "2");
     assert_eq!(
@@ -436,7 +467,7 @@ async fn features_links_and_detections() {
     let mut w = tile_write(run, &owner, Tileset::FeaturePoint, T1);
     w.features = vec![feat(1, FeatureKind::Point)];
     w.vanished.deleted = vec![2];
-    let c = store.write_tile(&w).await.unwrap();
+    let c = w.commit(&store).await.unwrap();
     assert_eq!((c.deleted, c.changed), (1, 0));
     assert_eq!(
         psql(
@@ -457,8 +488,8 @@ async fn lease_lost_rolls_back() {
     let (run, _owner) = lease(&store, Tileset::Public, T1).await;
     let mut w = tile_write(run, "otherhost:1:impostor", Tileset::Public, T1);
     w.images = vec![img(1, 8.4, 47.4, "s", 0)];
-    let e = store.write_tile(&w).await.unwrap_err();
-    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+    let e = w.commit(&store).await.unwrap_err();
+    assert!(matches!(e, CommitError::Jobs(JobsError::LeaseLost { .. })), "{e}");
     assert!(e.to_string().contains("14/8574/5735") || e.to_string().contains("8574"), "{e}");
     assert_eq!(psql(&url, "SELECT count(*) FROM mapillary.images"), "0");
     assert_eq!(psql(&url, "SELECT state FROM mapillary.harvest_tile"), "leased");
@@ -535,7 +566,7 @@ async fn dead_owner_is_reclaimed_live_one_is_not_and_runs_resume() {
     // One done, one failed for good; the live owner's two stay leased → stopped.
     let mut w = tile_write(run, &me, got[0].tileset, got[0].tile);
     w.images = vec![img(1, 8.4, 47.4, "s", 0)];
-    store.write_tile(&w).await.unwrap();
+    w.commit(&store).await.unwrap();
     jobs::fail_tile(&store, run, &got[1], &me, "HTTP 500 for ?access_token=MLY|1|zzz", false).await.unwrap();
     assert!(
         !psql(&url, "SELECT string_agg(coalesce(last_error, ''), '') FROM mapillary.harvest_tile")
@@ -555,7 +586,10 @@ async fn dead_owner_is_reclaimed_live_one_is_not_and_runs_resume() {
     let states = jobs::run_tiles(&store, run).await.unwrap();
     assert_eq!(
         states,
-        vec![("mly1_public".to_string(), "done".to_string(), 1), ("mly1_public".into(), "pending".into(), 3)]
+        vec![
+            TileCount { tileset: "mly1_public".into(), state: TileState::Done, count: 1 },
+            TileCount { tileset: "mly1_public".into(), state: TileState::Pending, count: 3 }
+        ]
     );
     let infos = jobs::runs(&store, 10).await.unwrap();
     assert_eq!(infos.len(), 1);
@@ -566,9 +600,9 @@ async fn dead_owner_is_reclaimed_live_one_is_not_and_runs_resume() {
     let rest = jobs::claim(&store, run, &me, 10, hour).await.unwrap();
     for c in &rest {
         let w = tile_write(run, &me, c.tileset, c.tile);
-        store.write_tile(&w).await.unwrap();
+        w.commit(&store).await.unwrap();
     }
-    assert_eq!(jobs::finish(&store, run, &serde_json::json!({})).await.unwrap().status, "done");
+    assert_eq!(jobs::finish(&store, run, &serde_json::json!({})).await.unwrap().status, RunStatus::Done);
     let (next, resumed) =
         jobs::start_or_resume(&store, "r", &region_wkb(), "dead", &serde_json::json!({}), &tiles)
             .await
@@ -738,7 +772,7 @@ async fn concurrent_writers_of_shared_sequences() {
                         geom: geo_types::MultiLineString::new(vec![]),
                     })
                     .collect();
-                store.write_tile(&w).await.unwrap()
+                w.commit(&store).await.unwrap()
             }));
         }
         for h in handles {

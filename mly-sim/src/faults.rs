@@ -25,7 +25,7 @@ use std::path::Path;
 use mly_contract::hash::{splitmix64 as splitmix, unit};
 use serde::Deserialize;
 
-use super::limits::Family;
+use crate::limits::Family;
 use mly_contract::tiles::TileId;
 
 /// Errors while loading a faults file.
@@ -51,47 +51,47 @@ pub enum FaultsError {
 /// Probabilities of one family's faults.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FamilyFaults {
+pub(crate) struct FamilyFaults {
     /// 500 code 2 "Service temporarily unavailable".
     #[serde(default)]
-    pub error_5xx: f64,
+    pub(crate) error_5xx: f64,
     /// The code-4 throttle answer although the quota is not used up.
     #[serde(default)]
-    pub throttle: f64,
+    pub(crate) throttle: f64,
     /// Delay the (otherwise normal) answer by `slow_secs`.
     #[serde(default)]
-    pub slow: f64,
+    pub(crate) slow: f64,
     /// Seconds a slow answer waits.
     #[serde(default = "default_slow_secs")]
-    pub slow_secs: f64,
+    pub(crate) slow_secs: f64,
     /// Announce a longer Content-Length than the body, then close.
     #[serde(default)]
-    pub truncate: f64,
+    pub(crate) truncate: f64,
     /// Close the connection without any answer.
     #[serde(default)]
-    pub reset: f64,
+    pub(crate) reset: f64,
     /// Tiles only: random bytes that are no valid MVT.
     #[serde(default)]
-    pub corrupt: f64,
+    pub(crate) corrupt: f64,
     /// Search and entity only: HTTP 400 `{"error":{"message":"Timeout","code":-2,
     /// "error_subcode":3404014,"is_transient":false,...}}` (§13.7).
     #[serde(default)]
-    pub query_timeout: f64,
+    pub(crate) query_timeout: f64,
     /// Tiles only: a tile that has data answers 404 (§13.3). Drawn from the tile and how often it
     /// was asked for, so the same tile answers the same way at its n-th request whatever the
     /// order of concurrent requests.
     #[serde(default)]
-    pub transient_404: f64,
+    pub(crate) transient_404: f64,
 }
 
 /// `[block]`: the per-IP tile block of §13.1.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct BlockFaults {
+pub(crate) struct BlockFaults {
     /// Tile requests served before the block starts (counted afresh after each block lifts).
-    pub after_tiles: u64,
+    pub(crate) after_tiles: u64,
     /// Seconds the block lasts after the last tile request made during it.
-    pub secs: f64,
+    pub(crate) secs: f64,
 }
 
 fn default_slow_secs() -> f64 {
@@ -117,7 +117,7 @@ struct FaultsFile {
 
 /// The fault chosen for one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// 500 code 2, transient.
     Error5xx,
     /// Code-4 throttle answer.
@@ -136,7 +136,7 @@ pub enum Fault {
 
 impl Fault {
     /// Name used in stats and the access log.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Fault::Error5xx => "error_5xx",
             Fault::Throttle => "throttle",
@@ -151,7 +151,7 @@ impl Fault {
 
 /// Loaded fault plan.
 #[derive(Debug, Clone, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     seed: u64,
     permanent: HashSet<TileId>,
     per_family: [FamilyFaults; 3],
@@ -160,12 +160,12 @@ pub struct Faults {
 
 impl Faults {
     /// No faults at all.
-    pub fn none() -> Faults {
+    pub(crate) fn none() -> Faults {
         Faults::default()
     }
 
     /// Loads and validates a faults file.
-    pub fn load(path: &Path) -> Result<Faults, FaultsError> {
+    pub(crate) fn load(path: &Path) -> Result<Faults, FaultsError> {
         let p = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|source| FaultsError::Read { path: p.clone(), source })?;
@@ -173,7 +173,7 @@ impl Faults {
     }
 
     /// Parses faults TOML; `origin` names the source in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Faults, FaultsError> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Faults, FaultsError> {
         let f: FaultsFile =
             toml::from_str(text).map_err(|source| FaultsError::Parse { path: origin.to_string(), source })?;
         let mut permanent = HashSet::new();
@@ -202,12 +202,12 @@ impl Faults {
     }
 
     /// The per-IP block settings, when the file switches it on.
-    pub fn block(&self) -> Option<BlockFaults> {
+    pub(crate) fn block(&self) -> Option<BlockFaults> {
         self.block
     }
 
     /// Whether the `n`-th request (0-based) of `tileset` tile `tile` answers a transient 404.
-    pub fn transient_404(&self, tileset: &str, tile: &TileId, n: u64) -> bool {
+    pub(crate) fn transient_404(&self, tileset: &str, tile: &TileId, n: u64) -> bool {
         let p = self.per_family[0].transient_404;
         if p <= 0.0 {
             return false;
@@ -218,12 +218,12 @@ impl Faults {
     }
 
     /// True if this tile always fails.
-    pub fn is_permanent(&self, tile: &TileId) -> bool {
+    pub(crate) fn is_permanent(&self, tile: &TileId) -> bool {
         self.permanent.contains(tile)
     }
 
     /// The fault (if any) for request number `counter` of `family`; the same inputs give the same answer.
-    pub fn draw(&self, family: Family, counter: u64) -> Option<Fault> {
+    pub(crate) fn draw(&self, family: Family, counter: u64) -> Option<Fault> {
         let ff = match family {
             Family::Tiles => &self.per_family[0],
             Family::Search => &self.per_family[1],

@@ -13,9 +13,9 @@ use geozero::mvt::{Message, Tile, tile};
 use mly_contract::tiles::{EXTENT, TileId};
 
 /// The z14 tile the real fixture was captured at.
-pub const FIXTURE_TILE: TileId = TileId { z: 14, x: 8574, y: 5735 };
+pub(crate) const FIXTURE_TILE: TileId = TileId { z: 14, x: 8574, y: 5735 };
 /// File name of the fixture tile inside the `--fixtures` directory.
-pub const FIXTURE_FILE: &str = "vespucci-mly1_public-14_8574_5735_2021.mvt";
+pub(crate) const FIXTURE_FILE: &str = "vespucci-mly1_public-14_8574_5735_2021.mvt";
 
 /// Errors while loading the fixture tile named by `--fixtures`.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct FixtureSequence {
 /// The fixture tile: its bytes (served verbatim) and its records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FixtureTile {
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     pub images: Vec<FixtureImage>,
     pub sequences: Vec<FixtureSequence>,
 }

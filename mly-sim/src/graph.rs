@@ -5,43 +5,44 @@
 
 use serde_json::{Map, Value, json};
 
-use super::cdn::{Cdn, Thumb};
-use super::world::{SimDetection, SimFeature, SimImage, SimUser, World};
+use crate::cdn::{Cdn, Thumb};
+use crate::encode::detection_geometry_b64;
+use crate::world::{SimDetection, SimFeature, SimImage, SimUser, World};
 use mly_contract::hash::splitmix64 as splitmix;
 
 /// What rendering a Graph answer needs besides the record: the world (for edges), the epoch, the
 /// current time (URL expiry) and where image URLs point.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     /// The world.
-    pub world: &'a World,
+    pub(crate) world: &'a World,
     /// Its epoch.
-    pub epoch: u32,
+    pub(crate) epoch: u32,
     /// Seconds since the Unix epoch.
-    pub now_s: i64,
+    pub(crate) now_s: i64,
     /// Image URL base and signing.
-    pub cdn: &'a Cdn,
+    pub(crate) cdn: &'a Cdn,
 }
 
 /// A requested field the node type does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("(#100) Tried accessing nonexisting field ({field}) on node type ({node})")]
-pub struct UnknownField {
+pub(crate) struct UnknownField {
     /// The offending field name as requested.
-    pub field: String,
+    pub(crate) field: String,
     /// Graph node type (`Image`, `MapFeature`, `User`, `Detection`).
-    pub node: &'static str,
+    pub(crate) node: &'static str,
 }
 
 /// Parsed `fields=` parameter: top-level names in order, plus sub-fields of edges (`detections.value`).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fields {
+pub(crate) struct Fields {
     top: Vec<String>,
     sub: Vec<(String, Vec<String>)>,
 }
 
 impl Fields {
     /// Parses `a,b,detections.value,detections.geometry`; `None` or empty means only `id`.
-    pub fn parse(s: Option<&str>) -> Fields {
+    pub(crate) fn parse(s: Option<&str>) -> Fields {
         let mut f = Fields::default();
         for raw in s.unwrap_or("").split(',') {
             let name = raw.trim();
@@ -69,7 +70,7 @@ impl Fields {
     }
 
     /// Fields naming only `id`, for edges requested without sub-fields.
-    pub fn only_id() -> Fields {
+    pub(crate) fn only_id() -> Fields {
         Fields { top: vec!["id".into()], sub: vec![] }
     }
 
@@ -83,7 +84,7 @@ impl Fields {
 }
 
 /// Formats ms since the epoch the way the Graph API does: `2017-08-23T21:32:26+0000`.
-pub fn iso(ms: i64) -> Option<String> {
+pub(crate) fn iso(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|d| d.format("%Y-%m-%dT%H:%M:%S%z").to_string())
 }
 
@@ -119,13 +120,13 @@ fn big_int_as_float(n: u64) -> Value {
 
 /// About one image in 200 reports its (negative) EXIF altitude wrapped to an unsigned 32-bit
 /// integer, as the live service does (§13.10: 4294967281 for −15 m).
-pub fn wrapped_altitude(id: i64) -> Option<u32> {
+pub(crate) fn wrapped_altitude(id: i64) -> Option<u32> {
     let h = splitmix(id as u64 ^ 0x616c_7469_7475_6465);
     h.is_multiple_of(200).then(|| (-(1 + (h >> 32) as i64 % 40)) as i32 as u32)
 }
 
 /// Renders one image with the requested fields.
-pub fn image_json(ctx: &Ctx<'_>, img: &SimImage, f: &Fields) -> Result<Value, UnknownField> {
+pub(crate) fn image_json(ctx: &Ctx<'_>, img: &SimImage, f: &Fields) -> Result<Value, UnknownField> {
     let (world, epoch, now_s) = (ctx.world, ctx.epoch, ctx.now_s);
     object(f, |name| {
         Ok(match name {
@@ -175,7 +176,7 @@ pub fn image_json(ctx: &Ctx<'_>, img: &SimImage, f: &Fields) -> Result<Value, Un
 }
 
 /// Renders one map feature with the requested fields.
-pub fn feature_json(ctx: &Ctx<'_>, feat: &SimFeature, f: &Fields) -> Result<Value, UnknownField> {
+pub(crate) fn feature_json(ctx: &Ctx<'_>, feat: &SimFeature, f: &Fields) -> Result<Value, UnknownField> {
     let (world, epoch) = (ctx.world, ctx.epoch);
     object(f, |name| {
         Ok(match name {
@@ -213,7 +214,7 @@ pub fn feature_json(ctx: &Ctx<'_>, feat: &SimFeature, f: &Fields) -> Result<Valu
 }
 
 /// Renders one user.
-pub fn user_json(user: &SimUser, f: &Fields) -> Result<Value, UnknownField> {
+pub(crate) fn user_json(user: &SimUser, f: &Fields) -> Result<Value, UnknownField> {
     object(f, |name| match name {
         "id" => Ok(Some(json!(user.id.to_string()))),
         "username" => Ok(Some(json!(user.username))),
@@ -244,13 +245,13 @@ fn object(
 }
 
 /// Renders one detection.
-pub fn detection_json(ctx: &Ctx<'_>, d: &SimDetection, f: &Fields) -> Result<Value, UnknownField> {
+pub(crate) fn detection_json(ctx: &Ctx<'_>, d: &SimDetection, f: &Fields) -> Result<Value, UnknownField> {
     let (world, epoch) = (ctx.world, ctx.epoch);
     object(f, |name| {
         Ok(match name {
             "id" => Some(json!(d.id.to_string())),
             "created_at" => iso(d.created_at_ms).map(Value::String),
-            "geometry" => Some(json!(d.geometry_b64)),
+            "geometry" => Some(json!(detection_geometry_b64(&d.polygon_px))),
             "value" => Some(json!(d.value)),
             "image" => world
                 .image(d.image_id, epoch)
@@ -263,7 +264,11 @@ pub fn detection_json(ctx: &Ctx<'_>, d: &SimDetection, f: &Fields) -> Result<Val
 }
 
 /// `{"data":[...]}` of detections.
-pub fn detections_json(ctx: &Ctx<'_>, dets: &[SimDetection], f: &Fields) -> Result<Value, UnknownField> {
+pub(crate) fn detections_json(
+    ctx: &Ctx<'_>,
+    dets: &[SimDetection],
+    f: &Fields,
+) -> Result<Value, UnknownField> {
     let data = dets.iter().map(|d| detection_json(ctx, d, f)).collect::<Result<Vec<_>, _>>()?;
     Ok(json!({ "data": data }))
 }

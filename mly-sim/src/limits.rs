@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use mly_contract::Family;
+pub(crate) use mly_contract::Family;
 
 /// The slot of a family in per-family arrays.
 fn index(f: Family) -> usize {
@@ -81,22 +81,22 @@ impl Quota {
 
 /// Outcome of [`Limits::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// False when the family's quota is exhausted and the request must be throttled.
-    pub allowed: bool,
+    pub(crate) allowed: bool,
     /// Percent of the family's quota used (for `x-app-usage`), after this request.
-    pub usage_percent: u64,
+    pub(crate) usage_percent: u64,
 }
 
 /// Per-family quotas, guarded by the server's mutex.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     quotas: [Quota; 3],
 }
 
 impl Limits {
     /// Quotas with the given limits (tiles per UTC day, search and entity per minute).
-    pub fn new(tiles_per_day: u64, search_per_minute: u64, entity_per_minute: u64) -> Limits {
+    pub(crate) fn new(tiles_per_day: u64, search_per_minute: u64, entity_per_minute: u64) -> Limits {
         Limits {
             quotas: [
                 Quota::new(tiles_per_day, true),
@@ -107,7 +107,7 @@ impl Limits {
     }
 
     /// Records a request of `family` and decides whether it fits in the quota.
-    pub fn admit(&mut self, family: Family, now: Instant) -> Admission {
+    pub(crate) fn admit(&mut self, family: Family, now: Instant) -> Admission {
         let today = chrono::Utc::now().timestamp().div_euclid(86_400);
         let q = &mut self.quotas[index(family)];
         q.seen.push(now);
@@ -129,7 +129,7 @@ impl Limits {
     }
 
     /// Percent of the family's quota in use right now, without recording a request.
-    pub fn usage_percent(&mut self, family: Family, now: Instant) -> u64 {
+    pub(crate) fn usage_percent(&mut self, family: Family, now: Instant) -> u64 {
         let today = chrono::Utc::now().timestamp().div_euclid(86_400);
         let q = &mut self.quotas[index(family)];
         let used = q.used(now, today);
@@ -137,7 +137,7 @@ impl Limits {
     }
 
     /// Largest number of requests of `family` seen in any sliding 60 s window so far.
-    pub fn max_per_minute(&self, family: Family) -> usize {
+    pub(crate) fn max_per_minute(&self, family: Family) -> usize {
         self.quotas[index(family)].seen.max
     }
 }

@@ -10,8 +10,8 @@ use mly_contract::tiles::HARVEST_ZOOM;
 /// Images a bbox search cell is planned to hold at most (below the API's 2000-result cap, with
 /// head-room for images the tile does not show yet).
 pub const SEARCH_CELL_TARGET: u64 = 1500;
-/// Ids per multi-id lookup.
-pub const IDS_PER_CALL: u64 = 50;
+/// Ids per multi-id lookup (the documented cap).
+pub const IDS_PER_CALL: u64 = mly_contract::api::MAX_IDS_PER_CALL as u64;
 
 /// The estimate `plan` prints.
 #[derive(Debug, Serialize)]

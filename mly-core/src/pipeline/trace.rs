@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::ApiCounters;
 
-use super::Ctx;
+use super::counters::ProcessCounters;
+use super::run::RunCtx;
 
 /// The run id and counters of a sync, filled in when the run's context goes away.
 #[derive(Debug, Default)]
@@ -21,7 +22,7 @@ pub struct TraceState {
     /// Requests of this process, per API family.
     pub requests: Option<ApiCounters>,
     /// The record counters of this process (the summary's `this_process`).
-    pub process: Option<serde_json::Value>,
+    pub process: Option<ProcessCounters>,
 }
 
 impl RunTrace {
@@ -39,11 +40,11 @@ impl RunTrace {
 /// Copies the run's counters into the trace when dropped, on every way out of `sync`.
 pub(super) struct Guard {
     trace: Option<Arc<RunTrace>>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<RunCtx>,
 }
 
 impl Guard {
-    pub(super) fn new(trace: Option<&Arc<RunTrace>>, ctx: &Arc<Ctx>) -> Guard {
+    pub(super) fn new(trace: Option<&Arc<RunTrace>>, ctx: &Arc<RunCtx>) -> Guard {
         if let Some(t) = trace {
             t.set(|s| s.run_id = Some(ctx.run.0));
         }

@@ -23,8 +23,8 @@ use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
 use mly_core::api::{ApiClient, ApiError, ApiSettings, TileResponse, redact};
 use mly_core::budget::{self, AppKey, TileLimits};
+use mly_core::jobs::block::{self, BlockKey};
 use mly_core::mvt;
-use mly_core::pipeline::block::{self, BlockKey};
 use mly_core::store::{Store, StoreError, query_err};
 
 /// `doctor` options.
@@ -65,7 +65,7 @@ const MISSING_TABLE_RIGHTS: &str = "SELECT format('%s on %I.%I', p.priv, n.nspna
                     ELSE has_table_privilege(c.oid, p.priv) END \
      ORDER BY c.relname, p.priv";
 const GLOBAL_SCHEMA: &str = "mly_harvest_global";
-/// The block table of migration 0006 (`pipeline::block`), when this database has it.
+/// The block table of migration 0006 (`jobs::block`), when this database has it.
 const BLOCK_TABLE: &str = "SELECT to_regclass('mly_harvest_global.tile_block') IS NOT NULL";
 /// How one check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -15,8 +15,10 @@ use crate::cli::{Cli, CliError, Command};
 use crate::config::Config;
 use crate::exit;
 use mly_core::api::ApiCounters;
+use mly_core::jobs::JobsError;
+use mly_core::pipeline::ProcessCounters;
 use mly_core::pipeline::trace::RunTrace;
-use mly_core::store::{Store, StoreError};
+use mly_core::store::Store;
 
 use super::TileOutcome;
 
@@ -49,7 +51,7 @@ pub struct RunMetrics {
     /// Requests of this process per API family.
     pub requests: Option<ApiCounters>,
     /// Record counters of this process (the summary's `this_process`).
-    pub process: Option<serde_json::Value>,
+    pub process: Option<ProcessCounters>,
     /// Tiles of the run per (tileset, outcome); empty when the database could not be read.
     pub tiles: Vec<(String, TileOutcome, u64)>,
     /// The configured daily tile budget and what is left of today's.
@@ -166,25 +168,27 @@ impl RunMetrics {
             o.family("mly_harvest_run_records", "Records of the last run by change (this process).");
             // missing_from_tile: kept although the tile no longer lists them (the Graph API still has
             // them); moved_away: the Graph API places them in another tile now.
-            for change in ["new", "changed", "deleted", "missing_from_tile", "moved_away"] {
-                o.sample("mly_harvest_run_records", &[("change", change)], p[change].as_f64().unwrap_or(0.0));
+            for (change, n) in [
+                ("new", p.new),
+                ("changed", p.changed),
+                ("deleted", p.deleted),
+                ("missing_from_tile", p.missing_from_tile),
+                ("moved_away", p.moved_away),
+            ] {
+                o.sample("mly_harvest_run_records", &[("change", change)], n as f64);
             }
             o.family(
                 "mly_harvest_run_stored",
                 "Images and map features written by the last run (this process).",
             );
-            for kind in ["images", "features"] {
-                o.sample("mly_harvest_run_stored", &[("kind", kind)], p[kind].as_f64().unwrap_or(0.0));
+            for (kind, n) in [("images", p.images), ("features", p.features)] {
+                o.sample("mly_harvest_run_stored", &[("kind", kind)], n as f64);
             }
-            o.one(
-                "mly_harvest_run_enriched",
-                "Records enriched through the Graph API.",
-                p["enriched"].as_f64().unwrap_or(0.0),
-            );
+            o.one("mly_harvest_run_enriched", "Records enriched through the Graph API.", p.enriched as f64);
             o.one(
                 "mly_harvest_run_missing_upstream",
                 "Records the Graph API no longer knows.",
-                p["missing"].as_f64().unwrap_or(0.0),
+                p.missing as f64,
             );
         }
         if !self.tiles.is_empty() {
@@ -340,7 +344,7 @@ impl Watch {
         }
     }
 
-    async fn read_db(&self, cfg: &Config, m: &mut RunMetrics) -> Result<(), StoreError> {
+    async fn read_db(&self, cfg: &Config, m: &mut RunMetrics) -> Result<(), JobsError> {
         let store = Store::connect(cfg.database.url.expose(), &cfg.database.schema, 1).await?;
         if let Some(run) = m.run_id {
             let mut by: BTreeMap<(String, TileOutcome), u64> = BTreeMap::new();

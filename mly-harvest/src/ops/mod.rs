@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 
 use crate::exit;
+use mly_core::jobs::{self, JobsError};
 use mly_core::store::{Store, StoreError, query_err};
 
 /// Errors of the report and QGIS project commands.
@@ -19,6 +20,8 @@ use mly_core::store::{Store, StoreError, query_err};
 pub enum OpsError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
     #[error("run {0} does not exist (see `mly-harvest status`)")]
     NoSuchRun(i64),
     #[error("cannot tell the output format of {0}: name it .png, .svg or .html")]
@@ -39,7 +42,7 @@ impl OpsError {
     /// The documented exit code.
     pub fn exit_code(&self) -> i32 {
         match self {
-            OpsError::Store(_) => exit::DATABASE,
+            OpsError::Store(_) | OpsError::Jobs(_) => exit::DATABASE,
             OpsError::NoSuchRun(_) | OpsError::Input { .. } => exit::INPUT,
             OpsError::OutputKind(_) => exit::USAGE,
             OpsError::Write { .. } => exit::CONFIG,
@@ -51,7 +54,7 @@ impl OpsError {
 /// How one tile of a run ended, as the report colours it and the metrics count it.
 ///
 /// `harvest_tile.state` only knows pending/leased/done/failed; "unchanged" and "empty" are told
-/// apart from "done" by the tile's counts (see [`RUN_TILES`]). States other engineers add to
+/// apart from "done" by the tile's counts (see `jobs::tile_outcomes`). States other engineers add to
 /// `harvest_tile.state` (e.g. `blocked`) pass through unchanged and land in [`TileOutcome::Other`]
 /// until they get their own arm here.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,7 +76,7 @@ pub enum TileOutcome {
 }
 
 impl TileOutcome {
-    /// Parses the `state` column of [`RUN_TILES`].
+    /// Parses an outcome of `jobs::tile_outcomes`.
     pub fn from_db(s: &str) -> TileOutcome {
         match s {
             "done" => TileOutcome::Done,
@@ -123,20 +126,6 @@ impl TileOutcome {
     }
 }
 
-/// Every tile of a run with its outcome. A 304 leaves the tile's counts at 0 but keeps
-/// `tile_state.record_count`, which tells "unchanged" from "empty".
-pub const RUN_TILES: &str = "
-SELECT t.tileset, t.z, t.x, t.y,
-       CASE
-         WHEN t.state = 'done' AND t.new + t.changed + t.deleted = 0
-              AND t.images + t.features = 0 AND coalesce(s.record_count, 0) = 0 THEN 'empty'
-         WHEN t.state = 'done' AND t.new + t.changed + t.deleted = 0 THEN 'unchanged'
-         ELSE t.state
-       END AS state
-FROM harvest_tile t
-LEFT JOIN tile_state s ON s.tileset = t.tileset AND s.z = t.z AND s.x = t.x AND s.y = t.y
-WHERE t.run_id = $1";
-
 /// One tile of a run and its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunTile {
@@ -148,21 +137,16 @@ pub struct RunTile {
 }
 
 /// The tiles of `run` with their outcomes.
-pub async fn run_tiles(store: &Store, run: i64) -> Result<Vec<RunTile>, StoreError> {
-    let rows: Vec<(String, i16, i32, i32, String)> = sqlx::query_as(RUN_TILES)
-        .bind(run)
-        .fetch_all(store.pool())
-        .await
-        .map_err(query_err(format!("reading the tiles of run {run}")))?;
-    Ok(rows
+pub async fn run_tiles(store: &Store, run: i64) -> Result<Vec<RunTile>, JobsError> {
+    Ok(jobs::tile_outcomes(store, jobs::RunId(run))
+        .await?
         .into_iter()
-        .map(|(tileset, z, x, y, state)| RunTile {
-            tileset,
-            // The job table's checks keep z in 0..=30 and x/y non-negative (jobs::parse_tile).
-            z: u8::try_from(z).unwrap_or(0),
-            x: u32::try_from(x).unwrap_or(0),
-            y: u32::try_from(y).unwrap_or(0),
-            outcome: TileOutcome::from_db(&state),
+        .map(|t| RunTile {
+            tileset: t.tileset,
+            z: t.tile.z,
+            x: t.tile.x,
+            y: t.tile.y,
+            outcome: TileOutcome::from_db(&t.outcome),
         })
         .collect())
 }
@@ -193,11 +177,6 @@ pub async fn tile_budget_used(
 }
 
 /// When a run of this schema last ended with every tile done (seconds since the epoch).
-pub async fn last_success(store: &Store) -> Result<Option<f64>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM max(finished_at))::float8 FROM harvest_run WHERE status = 'done'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .map_err(query_err("reading the last successful run"))
+pub async fn last_success(store: &Store) -> Result<Option<f64>, JobsError> {
+    jobs::last_success(store).await
 }

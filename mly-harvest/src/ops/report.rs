@@ -100,22 +100,18 @@ pub async fn load(store: &Store, run: i64) -> Result<RunPicture, OpsError> {
     Ok(pic)
 }
 
-/// The rings of a GeoJSON Polygon or MultiPolygon; anything else gives no outline.
+/// The rings of a GeoJSON Polygon or MultiPolygon (read by geozero); anything else gives no outline.
 fn parse_multipolygon(text: &str) -> Vec<Vec<Vec<(f64, f64)>>> {
-    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-    let ring = |r: &serde_json::Value| -> Vec<(f64, f64)> {
-        r.as_array()
-            .map(|pts| pts.iter().filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?))).collect())
-            .unwrap_or_default()
+    use geozero::ToGeo;
+    let rings = |p: &geo_types::Polygon<f64>| -> Vec<Vec<(f64, f64)>> {
+        std::iter::once(p.exterior())
+            .chain(p.interiors())
+            .map(|r| r.0.iter().map(|c| (c.x, c.y)).collect())
+            .collect()
     };
-    let polygon = |p: &serde_json::Value| -> Vec<Vec<(f64, f64)>> {
-        p.as_array().map(|rings| rings.iter().map(ring).collect()).unwrap_or_default()
-    };
-    match v["type"].as_str() {
-        Some("Polygon") => vec![polygon(&v["coordinates"])],
-        Some("MultiPolygon") => {
-            v["coordinates"].as_array().map(|ps| ps.iter().map(polygon).collect()).unwrap_or_default()
-        }
+    match geozero::geojson::GeoJson(text).to_geo() {
+        Ok(geo_types::Geometry::Polygon(p)) => vec![rings(&p)],
+        Ok(geo_types::Geometry::MultiPolygon(mp)) => mp.0.iter().map(rings).collect(),
         _ => Vec::new(),
     }
 }

@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use geozero::mvt::tile::GeomType;
 use geozero::mvt::{Message, Tile};
 
-use super::encode::{LayerBuilder, ValueKey, image_position, line_parts, lines_geometry, point_geometry};
-use super::world::{SimImage, World};
-use mly_contract::tiles::{EXTENT, HARVEST_ZOOM, TileId};
+use super::coverage::SequenceTags;
+use super::layer::{LayerBuilder, ValueKey, line_parts, lines_geometry, point_geometry};
+use super::pixels::{home_pixel, image_position};
+use crate::world::{SimImage, World};
+use mly_contract::tiles::{HARVEST_ZOOM, TileId};
 
 /// Lowest zoom of the `sequence` layer; below it tiles carry the `overview` layer.
-pub const SEQUENCE_MIN_ZOOM: u8 = 6;
+pub(super) const SEQUENCE_MIN_ZOOM: u8 = 6;
 /// From this zoom on, a low-zoom tile draws every z14 tile under it (at most 4^4 = 256).
 const FULL_SAMPLE_ZOOM: u8 = 10;
 /// Points kept of a sequence's line in one z14 tile.
@@ -29,29 +31,21 @@ const SUMMARY_CACHE: usize = 4096;
 
 /// What low zooms need of one sequence within one z14 tile.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SeqSummary {
-    pub id: String,
-    /// The sequence's first image (as the z14 `sequence` layer names it).
-    pub image_id: i64,
-    pub captured_at_ms: i64,
-    pub creator_id: i64,
-    pub is_pano: bool,
-    pub organization_id: Option<i64>,
-    pub foot: bool,
-    /// Of the first image in the tile (the computed tileset reports it).
-    pub quality_score: Option<f64>,
+pub(super) struct SeqSummary {
+    /// What the z14 `sequence` layer says of it.
+    pub(super) tags: SequenceTags,
     /// The first image of the sequence in this z14 tile (the `overview` point): id, captured_at,
     /// original and computed position.
-    pub first: (i64, i64, (f64, f64), (f64, f64)),
+    pub(super) first: (i64, i64, (f64, f64), (f64, f64)),
     /// Thinned line through the tile's images in capture order: original and computed positions.
-    pub line: Vec<(f64, f64)>,
-    pub line_computed: Vec<(f64, f64)>,
+    pub(super) line: Vec<(f64, f64)>,
+    pub(super) line_computed: Vec<(f64, f64)>,
 }
 
 /// One z14 tile's summary.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct TileSummary {
-    pub sequences: Vec<SeqSummary>,
+pub(super) struct TileSummary {
+    pub(super) sequences: Vec<SeqSummary>,
 }
 
 /// Keeps at most [`LINE_POINTS`] evenly spaced points, always the first and the last.
@@ -64,7 +58,7 @@ fn thin<T: Copy>(points: &[T]) -> Vec<T> {
 }
 
 /// Summarises the z14 tile `tile` of `world` at `epoch`.
-pub fn summarise(world: &World, tile: TileId, epoch: u32) -> TileSummary {
+pub(super) fn summarise(world: &World, tile: TileId, epoch: u32) -> TileSummary {
     let tw = world.tile(tile, epoch);
     let by_id: HashMap<i64, &SimImage> = tw.images.iter().map(|i| (i.id, i)).collect();
     let mut sequences = Vec::with_capacity(tw.sequences.len());
@@ -74,14 +68,7 @@ pub fn summarise(world: &World, tile: TileId, epoch: u32) -> TileSummary {
         let line: Vec<(f64, f64)> = imgs.iter().map(|i| image_position(i, false)).collect();
         let line_computed: Vec<(f64, f64)> = imgs.iter().map(|i| image_position(i, true)).collect();
         sequences.push(SeqSummary {
-            id: seq.id.clone(),
-            image_id: seq.image_ids.first().copied().unwrap_or(0),
-            captured_at_ms: seq.captured_at_ms,
-            creator_id: seq.creator_id,
-            is_pano: seq.is_pano,
-            organization_id: seq.organization_id,
-            foot: seq.foot,
-            quality_score: first.quality_score,
+            tags: SequenceTags::of(seq, first),
             first: (
                 first.id,
                 first.captured_at_ms,
@@ -97,7 +84,7 @@ pub fn summarise(world: &World, tile: TileId, epoch: u32) -> TileSummary {
 
 /// A bounded cache of z14 summaries keyed by (tile, epoch).
 #[derive(Default)]
-pub struct SummaryCache {
+pub(crate) struct SummaryCache {
     map: HashMap<(TileId, u32), Arc<TileSummary>>,
     order: VecDeque<(TileId, u32)>,
 }
@@ -120,7 +107,7 @@ impl SummaryCache {
 }
 
 /// The z14 tiles a low-zoom tile draws (see the module comment), in a stable order.
-pub fn sample(world: &World, tile: TileId) -> Vec<TileId> {
+pub(super) fn sample(world: &World, tile: TileId) -> Vec<TileId> {
     let d = HARVEST_ZOOM - tile.z;
     let step_log = FULL_SAMPLE_ZOOM.saturating_sub(tile.z).min(d);
     let (step, span) = (1u32 << step_log, 1u32 << d);
@@ -145,7 +132,7 @@ pub fn sample(world: &World, tile: TileId) -> Vec<TileId> {
 }
 
 /// The bytes of a coverage tile below z14 (empty when nothing is drawn).
-pub fn encode_low_zoom(
+pub(crate) fn encode_low_zoom(
     world: &World,
     cache: &Mutex<SummaryCache>,
     tile: TileId,
@@ -167,11 +154,7 @@ pub fn encode_low_zoom(
         };
         summaries.push(s);
     }
-    let px = |(lon, lat): (f64, f64)| {
-        let (x, y) = tile.lonlat_to_pixel(lon, lat, EXTENT);
-        let e = i64::from(EXTENT);
-        ((x.round() as i64).clamp(0, e - 1), (y.round() as i64).clamp(0, e - 1))
-    };
+    let px = |(lon, lat): (f64, f64)| home_pixel(tile, lon, lat);
     let layer = if tile.z >= SEQUENCE_MIN_ZOOM {
         // One feature per sequence: its parts from every sampled z14 tile it crosses.
         let mut order: Vec<&SeqSummary> = Vec::new();
@@ -179,7 +162,7 @@ pub fn encode_low_zoom(
         for s in summaries.iter().flat_map(|s| s.sequences.iter()) {
             let line = if computed { &s.line_computed } else { &s.line };
             let pts: Vec<(i64, i64)> = line.iter().map(|p| px(*p)).collect();
-            let entry = parts.entry(s.id.as_str()).or_insert_with(|| {
+            let entry = parts.entry(s.tags.id.as_str()).or_insert_with(|| {
                 order.push(s);
                 Vec::new()
             });
@@ -187,8 +170,8 @@ pub fn encode_low_zoom(
         }
         let mut b = LayerBuilder::new("sequence");
         for (i, s) in order.into_iter().enumerate() {
-            let geometry = lines_geometry(&parts[s.id.as_str()]);
-            b.push(i as u64, GeomType::Linestring, geometry, sequence_props(s, computed));
+            let geometry = lines_geometry(&parts[s.tags.id.as_str()]);
+            b.push(i as u64, GeomType::Linestring, geometry, s.tags.props(computed));
         }
         b.layer
     } else {
@@ -198,8 +181,8 @@ pub fn encode_low_zoom(
             let props = vec![
                 ("captured_at", ValueKey::Int(captured_at_ms)),
                 ("id", ValueKey::Int(id)),
-                ("is_pano", ValueKey::Bool(s.is_pano)),
-                ("sequence_id", ValueKey::Str(s.id.clone())),
+                ("is_pano", ValueKey::Bool(s.tags.is_pano)),
+                ("sequence_id", ValueKey::Str(s.tags.id.clone())),
             ];
             let p = px(if computed { pos_computed } else { pos });
             b.push(i as u64, GeomType::Point, point_geometry(p), props);
@@ -210,25 +193,6 @@ pub fn encode_low_zoom(
         return Vec::new();
     }
     Tile { layers: vec![layer] }.encode_to_vec()
-}
-
-/// The `sequence` layer's properties at low zoom, in the key order of the z14 layer.
-fn sequence_props(s: &SeqSummary, computed: bool) -> Vec<(&'static str, ValueKey)> {
-    let mut props =
-        vec![("captured_at", ValueKey::Int(s.captured_at_ms)), ("creator_id", ValueKey::Int(s.creator_id))];
-    if computed {
-        props.push(("foot", ValueKey::Bool(s.foot)));
-    }
-    props.push(("id", ValueKey::Str(s.id.clone())));
-    props.push(("image_id", ValueKey::Int(s.image_id)));
-    props.push(("is_pano", ValueKey::Bool(s.is_pano)));
-    if let Some(org) = s.organization_id {
-        props.push(("organization_id", ValueKey::Int(org)));
-    }
-    if computed && let Some(q) = s.quality_score {
-        props.push(("quality_score", ValueKey::Double(q.to_bits())));
-    }
-    props
 }
 
 #[cfg(test)]
