@@ -14,12 +14,13 @@
 #   4 memory - peak RSS of coverage-only syncs of a ~50-tile and a ~5,000-tile sparse region
 #   5 decode - MVT decode throughput on the real fixture tiles vs a plain protobuf parse
 #   6 download - `images download` of BENCH_DL_IMAGES (10,000) pictures at original size after a
-#              coverage-only sync: files/s and MB/s without latency and with the simulator's latency
-#              model (when `simulate --help` lists --latency; else n/a), Graph calls per 1,000
-#              pictures, peak RSS
+#              coverage-only sync: files/s, MB/s, Graph calls per 1,000 pictures and peak RSS; then
+#              BENCH_DL_LATENCY_IMAGES (2,000) pictures against the simulator's latency model
+#              (`--latency realistic`, when `simulate --help` lists --latency; else n/a)
 # Regions can be overridden: BENCH_LOAD_REGION, BENCH_API_REGION, BENCH_LIMITS_REGION, BENCH_LIMITS_ENTITY_REGION,
 # BENCH_MEM_SMALL, BENCH_MEM_LARGE, BENCH_DL_REGION (BENCH_DL_IMAGES, BENCH_DL_CONCURRENCY,
-# BENCH_DL_LATENCY_ARGS: the simulator's latency options, default --latency). --quick shrinks every
+# BENCH_DL_LATENCY_IMAGES, BENCH_DL_LATENCY_ARGS: the simulator's latency options, default
+# "--latency realistic"). --quick shrinks every
 # region (a smoke run of the script).
 # BENCH_ONLY=load (comma-separated scenario names) runs a subset.
 # Needs: cargo, psql, curl, jq, /usr/bin/time, ogr2ogr (gdal-bin). Uses DATABASE_URL as admin URL when set, else
@@ -56,6 +57,7 @@ if [ "$QUICK" = 1 ]; then
   MEM_LARGE=${BENCH_MEM_LARGE:-14.3,56.4,14.7,56.6}
   DL_REGION=${BENCH_DL_REGION:-12.99,55.595,13.03,55.600}
   DL_IMAGES=${BENCH_DL_IMAGES:-1000}
+  DL_LATENCY_IMAGES=${BENCH_DL_LATENCY_IMAGES:-200}
 else
   # Greater Malmö (~200 z14 tiles): the simulator's dense core 14/8783/5134 and its suburbs.
   LOAD_REGION=${BENCH_LOAD_REGION:-12.85,55.52,13.15,55.68}
@@ -72,9 +74,11 @@ else
   # The dense core tile and a neighbour hold ~55k images; the download takes the first 10,000 by id.
   DL_REGION=${BENCH_DL_REGION:-12.99,55.595,13.03,55.600}
   DL_IMAGES=${BENCH_DL_IMAGES:-10000}
+  # Every answer held about a second: 2,000 pictures at 8 in flight take some four minutes.
+  DL_LATENCY_IMAGES=${BENCH_DL_LATENCY_IMAGES:-2000}
 fi
 DL_CONCURRENCY=${BENCH_DL_CONCURRENCY:-8}
-DL_LATENCY_ARGS=${BENCH_DL_LATENCY_ARGS:---latency}
+DL_LATENCY_ARGS=${BENCH_DL_LATENCY_ARGS:---latency realistic}
 # Timed loads are repeated and their medians reported: the machine is shared and noisy.
 if [ "$QUICK" = 1 ]; then REPS=${BENCH_REPS:-1}; else REPS=${BENCH_REPS:-3}; fi
 LIMIT_SEARCH=${BENCH_SEARCH_PER_MINUTE:-300}
@@ -416,16 +420,17 @@ start_sim --tiles-per-day 100000000
 sync_run "$DB" "$DL_REGION" dl_sync MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public
 AVAIL=$(count "$DB" "SELECT count(*) FROM mapillary.images_live")
 [ "$AVAIL" -ge "$DL_IMAGES" ] || die "download: $DL_REGION holds $AVAIL images, fewer than $DL_IMAGES"
-DL_WHERE="id IN (SELECT id FROM images_live ORDER BY id LIMIT $DL_IMAGES)"
-# download_run TAG: `images download` of the selection into a new directory under /usr/bin/time -v;
-# sets WALL, RSS_MB, DL_FILES, DL_BYTES, DL_GRAPH (Graph calls the simulator answered meanwhile).
+# download_run TAG N: `images download` of the first N images by id into a new directory under
+# /usr/bin/time -v; sets WALL, RSS_MB, DL_FILES, DL_BYTES, DL_GRAPH (Graph calls the simulator
+# answered meanwhile).
 download_run() {
-  local tag=$1 dir=$WORK/$1.pics rc=0 t0 t1 s0 s1
+  local tag=$1 n=$2 dir=$WORK/$1.pics rc=0 t0 t1 s0 s1
+  local where="id IN (SELECT id FROM images_live ORDER BY id LIMIT $n)"
   s0=$(stats)
   t0=$(now)
   env DATABASE_URL="$DB" MLY_MAPILLARY__GRAPH_URL="$SIM_URL" MLY_MAPILLARY__TILES_URL="$SIM_URL" \
     MAPILLARY_ACCESS_TOKEN='MLY|4000000000000001|0123456789abcdef0123456789abcdef' \
-    /usr/bin/time -v -o "$WORK/$tag.time" "$BIN" -q images download --where "$DL_WHERE" --size original \
+    /usr/bin/time -v -o "$WORK/$tag.time" "$BIN" -q images download --where "$where" --size original \
     --out "$dir" --concurrency "$DL_CONCURRENCY" >"$WORK/$tag.out" 2>"$WORK/$tag.err" || rc=$?
   t1=$(now)
   s1=$(stats)
@@ -437,11 +442,11 @@ download_run() {
   DL_BYTES=$(find "$dir" -name '*.jpg' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
   DL_GRAPH=$(jq -n --argjson a "$s0" --argjson b "$s1" \
     '($b.requests.search + $b.requests.entity) - ($a.requests.search + $a.requests.entity)')
-  [ "$DL_FILES" = "$DL_IMAGES" ] || die "download $tag: $DL_FILES files of $DL_IMAGES"
+  [ "$DL_FILES" = "$n" ] || die "download $tag: $DL_FILES files of $n"
   rm -rf "$dir"
   log "$tag: $(head -n1 "$WORK/$tag.out") (wall ${WALL}s, peak RSS ${RSS_MB} MB)"
 }
-download_run dl_plain
+download_run dl_plain "$DL_IMAGES"
 PLAIN=$(jq -n --argjson wall "$WALL" --argjson rss "$RSS_MB" --argjson files "$DL_FILES" --argjson bytes "$DL_BYTES" \
   --argjson graph "$DL_GRAPH" '{wall_s: $wall, files: $files, bytes: $bytes, files_per_s: ($files / $wall),
   mb_per_s: ($bytes / 1e6 / $wall), graph_calls: $graph, graph_calls_per_1000: (1000 * $graph / $files), peak_rss_mb: $rss}')
@@ -450,9 +455,9 @@ LATENCY=null
 if "$BIN" simulate --help | grep -q -- '--latency'; then
   # shellcheck disable=SC2086 # the options are words on purpose
   start_sim --tiles-per-day 100000000 $DL_LATENCY_ARGS
-  download_run dl_latency
+  download_run dl_latency "$DL_LATENCY_IMAGES"
   LATENCY=$(jq -n --argjson wall "$WALL" --argjson rss "$RSS_MB" --argjson files "$DL_FILES" --argjson bytes "$DL_BYTES" \
-    --argjson graph "$DL_GRAPH" --arg args "$DL_LATENCY_ARGS" '{simulator_args: $args, wall_s: $wall, files_per_s: ($files / $wall),
+    --argjson graph "$DL_GRAPH" --arg args "$DL_LATENCY_ARGS" '{simulator_args: $args, files: $files, bytes: $bytes, wall_s: $wall, files_per_s: ($files / $wall),
     mb_per_s: ($bytes / 1e6 / $wall), graph_calls: $graph, graph_calls_per_1000: (1000 * $graph / $files), peak_rss_mb: $rss}')
   stop_sim
 else
@@ -503,7 +508,7 @@ jq -r '
   else empty end),
   (if .download then
     "| 6 download | \(.download.images) pictures at original size (\(f(.download.no_latency.bytes / 1e6)) MB), no latency: files/s, MB/s | \(f(.download.no_latency.files_per_s)) files/s, \(f(.download.no_latency.mb_per_s)) MB/s | - |",
-    "| 6 download | with the simulator latency model: files/s, MB/s | \(if .download.latency then "\(f(.download.latency.files_per_s)) files/s, \(f(.download.latency.mb_per_s)) MB/s" else "n/a" end) | - |",
+    "| 6 download | \(if .download.latency then "\(.download.latency.files) pictures, simulator \(.download.latency.simulator_args)" else "with the simulator latency model" end): files/s, MB/s | \(if .download.latency then "\(f(.download.latency.files_per_s)) files/s, \(f(.download.latency.mb_per_s)) MB/s" else "n/a" end) | - |",
     "| 6 download | Graph calls per 1,000 pictures (\(.download.no_latency.graph_calls) calls) | \(f(.download.no_latency.graph_calls_per_1000)) | <= \(.download.target_graph_calls_per_1000_max) (one per 50: 20) |",
     "| 6 download | peak RSS while downloading | \(f(.download.no_latency.peak_rss_mb)) MB | < 200 MB |"
   else empty end),

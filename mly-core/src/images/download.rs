@@ -10,18 +10,18 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::check::{self, Action};
 use super::commit::{Commit, Committer, How};
 use super::fetch::{Cdn, Outcome};
 use super::layout::{self, part_path};
-use super::refresh::{Job, MAX_REFRESHES, Next, Urls};
+use super::refresh::{self, Job, MAX_REFRESHES, Next, Urls};
 use super::select::{self, Selection, Wanted};
 use super::state::{self, FileRow};
 use super::{Counters, DownloadOptions, ImagesError, Summary, sidecar};
-use crate::api::ApiClient;
+use crate::api::{ApiClient, ApiError, ByIds, ThumbUrl};
 use crate::store::Store;
 
 /// Files checked per blocking task, and such tasks at once.
@@ -215,13 +215,15 @@ impl Run<'_> {
         Ok(decided.into_iter().flatten().collect())
     }
 
-    /// Downloads `jobs`: URLs looked up 50 at a time as the downloads need them, at most
-    /// `concurrency` downloads at once, complete files handed to the committer.
+    /// Downloads `jobs`: URLs looked up 50 at a time as the downloads need them (the lookup
+    /// runs beside the downloads), at most `concurrency` downloads at once, complete files handed
+    /// to the committer.
     async fn fetch_all(&self, committer: &Committer, jobs: Vec<Job>) -> Result<(), ImagesError> {
         let cdn = Arc::new(Cdn::new(self.opts)?);
         let concurrency = self.opts.concurrency.max(1);
         let mut urls = Urls::new(self.opts.size, jobs);
         let mut running: JoinSet<Fetching> = JoinSet::new();
+        let mut lookup: Option<JoinHandle<Looked>> = None;
         let mut stop = self.stop.subscribe();
         let mut fatal: Option<ImagesError> = None;
         loop {
@@ -232,36 +234,21 @@ impl Run<'_> {
                 let Some(r) = urls.pop_ready() else { break };
                 self.spawn(&mut running, &cdn, r.job, r.url);
             }
-            let deadline = match urls.next(running.len(), concurrency, Instant::now()) {
-                Next::Lookup => {
-                    let looked = tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|h| *h != Halt::Go) => break,
-                        r = urls.lookup(self.api) => r,
-                    };
-                    match looked {
-                        Ok(unresolved) => {
-                            for u in unresolved {
-                                self.failed(&u.job, &u.reason);
-                            }
-                        }
-                        Err((e, _)) if e.is_auth() || e.is_unreachable() => {
-                            fatal = Some(ImagesError::Api(e));
-                            break;
-                        }
-                        Err((e, batch)) => {
-                            let reason = format!("no URL: {e}");
-                            for job in &batch {
-                                self.failed(job, &reason);
-                            }
-                        }
+            let mut deadline = None;
+            if lookup.is_none() {
+                match urls.next(running.len(), concurrency, Instant::now()) {
+                    Next::Lookup => {
+                        let (api, size, batch) = (self.api.clone(), self.opts.size, urls.take_batch());
+                        lookup = Some(tokio::spawn(async move {
+                            let answer = refresh::lookup(&api, size, &batch).await;
+                            (batch, answer)
+                        }));
                     }
-                    continue;
+                    Next::WaitUntil(t) => deadline = Some(tokio::time::Instant::from_std(t)),
+                    Next::Idle => {}
                 }
-                Next::WaitUntil(t) => Some(tokio::time::Instant::from_std(t)),
-                Next::Idle => None,
-            };
-            if running.is_empty() {
+            }
+            if running.is_empty() && lookup.is_none() {
                 if urls.is_empty() {
                     break;
                 }
@@ -271,16 +258,48 @@ impl Run<'_> {
                     break;
                 }
             }
-            tokio::select! {
-                Some(joined) = running.join_next() => {
+            let event = tokio::select! {
+                looked = pending_unless(lookup.as_mut()) => Event::Looked(looked),
+                Some(joined) = running.join_next() => Event::Joined(joined),
+                _ = sleep_until(deadline), if deadline.is_some() => Event::Tick,
+                _ = stop.wait_for(|h| *h != Halt::Go) => Event::Halt,
+            };
+            match event {
+                Event::Looked(looked) => {
+                    lookup = None;
+                    let (batch, answer) = looked
+                        .map_err(|e| ImagesError::Internal(format!("a URL lookup task failed: {e}")))?;
+                    match answer {
+                        Ok(answer) => {
+                            for u in urls.accept(batch, answer) {
+                                self.failed(&u.job, &u.reason);
+                            }
+                        }
+                        Err(e) if e.is_auth() || e.is_unreachable() => {
+                            fatal = Some(ImagesError::Api(e));
+                            break;
+                        }
+                        Err(e) => {
+                            let reason = format!("no URL: {e}");
+                            for job in &batch {
+                                self.failed(job, &reason);
+                            }
+                        }
+                    }
+                }
+                Event::Joined(joined) => {
                     if let Err(e) = self.settle(joined, committer, Some(&mut urls)).await {
                         fatal = Some(e);
                         break;
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {}
-                _ = stop.wait_for(|h| *h != Halt::Go) => break,
+                Event::Tick => {}
+                Event::Halt => break,
             }
+        }
+        // A lookup still under way is an API call: it may be cancelled.
+        if let Some(l) = lookup {
+            l.abort();
         }
         // An error ends downloads in flight at once; an interrupt lets them finish for a moment.
         // Whatever completes is committed all the same.
@@ -388,6 +407,17 @@ impl Run<'_> {
     }
 }
 
+/// A URL lookup task's result: its batch and the API's answer.
+type Looked = (Vec<Job>, Result<ByIds<ThumbUrl>, ApiError>);
+
+/// What the download loop woke up for.
+enum Event {
+    Looked(Result<Looked, tokio::task::JoinError>),
+    Joined(Result<Fetching, tokio::task::JoinError>),
+    Tick,
+    Halt,
+}
+
 /// A download task's result.
 struct Fetching {
     job: Job,
@@ -405,6 +435,14 @@ async fn halted(mut rx: watch::Receiver<Halt>) {
             _ = tokio::time::sleep(STOP_GRACE) => {}
             _ = rx.wait_for(|h| *h == Halt::Now) => {}
         }
+    }
+}
+
+/// The task's result, or never when there is none.
+async fn pending_unless<T>(task: Option<&mut JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,14 +1,14 @@
 //! Fresh URLs, just in time: images wait in a queue and are looked up 50 at a time (one Graph
-//! call) only when the downloads are about to need them, so a URL is used seconds after it was
-//! signed. An image whose URL expired anyway goes back to the front of the queue and rides along
+//! call) when fewer URLs are ready than twice the downloads that may run (so a lookup in flight
+//! does not leave download slots idle), so a URL is used seconds after it was signed. An image whose URL expired anyway goes back to the front of the queue and rides along
 //! in the next lookup; only at the end of a run does a lookup carry fewer than 50.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::ThumbSize;
 use super::select::Wanted;
-use crate::api::{ApiClient, ApiError, MAX_IDS_PER_CALL};
+use crate::api::{ApiClient, ApiError, ByIds, MAX_IDS_PER_CALL, ThumbUrl};
 use crate::model::ImageId;
 
 /// How often one image's URL may be asked for again after expiring before it counts as failed.
@@ -87,8 +87,8 @@ impl Urls {
 
     /// Whether to look up now, given the downloads running and the most that may run.
     pub(crate) fn next(&mut self, running: usize, concurrency: usize, now: Instant) -> Next {
-        // URLs ready for every slot, and then some: asking now would only age the next batch.
-        if self.waiting.is_empty() || self.ready.len() >= concurrency {
+        // URLs ready for every slot twice over: asking now would only age the next batch.
+        if self.waiting.is_empty() || self.ready.len() >= 2 * concurrency {
             self.short_since = None;
             return Next::Idle;
         }
@@ -110,21 +110,23 @@ impl Urls {
         }
     }
 
-    /// Looks up the URLs of the next (at most 50) waiting images: one Graph call, more only when
-    /// the batch holds ids the API does not know (found by bisection).
-    pub(crate) async fn lookup(&mut self, api: &ApiClient) -> Result<Vec<Unresolved>, (ApiError, Vec<Job>)> {
+    /// The next (at most 50) waiting images to look up, in one Graph call (more only when the
+    /// batch holds ids the API does not know, found by bisection).
+    pub(crate) fn take_batch(&mut self) -> Vec<Job> {
         let n = self.waiting.len().min(MAX_IDS_PER_CALL);
-        let batch: Vec<Job> = self.waiting.drain(..n).collect();
-        let ids: Vec<ImageId> = batch.iter().map(|j| j.want.id).collect();
-        let answer = match api.thumb_urls(&ids, self.size).await {
-            Ok(a) => a,
-            Err(e) => return Err((e, batch)),
-        };
-        let mut urls: std::collections::HashMap<i64, Option<String>> =
+        self.waiting.drain(..n).collect()
+    }
+
+    /// Takes a lookup's answer for `batch`: URLs become ready; what the API does not know or gave
+    /// no URL for is returned.
+    pub(crate) fn accept(&mut self, batch: Vec<Job>, answer: ByIds<ThumbUrl>) -> Vec<Unresolved> {
+        let mut urls: HashMap<i64, Option<String>> =
             answer.found.into_iter().map(|t| (t.id.0, t.url)).collect();
         let mut unresolved = Vec::new();
         for job in batch {
             match urls.remove(&job.want.id.0) {
+                // A URL asked for again is used next, before it can expire as well.
+                Some(Some(url)) if job.refreshes > 0 => self.ready.push_front(Ready { job, url }),
                 Some(Some(url)) => self.ready.push_back(Ready { job, url }),
                 Some(None) => {
                     let reason = format!("the Graph API gave no {} URL", self.size.field());
@@ -136,8 +138,18 @@ impl Urls {
                 }),
             }
         }
-        Ok(unresolved)
+        unresolved
     }
+}
+
+/// Looks up the URLs of `batch`.
+pub(crate) async fn lookup(
+    api: &ApiClient,
+    size: ThumbSize,
+    batch: &[Job],
+) -> Result<ByIds<ThumbUrl>, ApiError> {
+    let ids: Vec<ImageId> = batch.iter().map(|j| j.want.id).collect();
+    api.thumb_urls(&ids, size).await
 }
 
 #[cfg(test)]
@@ -159,12 +171,23 @@ mod tests {
         let t0 = Instant::now();
         let mut u = Urls::new(ThumbSize::S256, jobs(120));
         assert_eq!(u.next(0, 8, t0), Next::Lookup);
-        // Pretend a batch came back: 8 URLs ready is enough for 8 slots.
-        for j in u.waiting.drain(..50).collect::<Vec<_>>() {
-            u.ready.push_back(Ready { job: j, url: String::new() });
-        }
+        // A batch came back: 50 URLs ready is plenty for 8 slots.
+        let batch = u.take_batch();
+        assert_eq!(batch.len(), 50);
+        let found = batch
+            .iter()
+            .skip(1)
+            .map(|j| ThumbUrl { id: j.want.id, url: (j.want.id.0 != 1).then(|| "http://x/a".to_string()) })
+            .collect();
+        let unresolved = u.accept(batch, ByIds { found, missing: vec![0] });
+        let reasons: Vec<(i64, &str)> =
+            unresolved.iter().map(|x| (x.job.want.id.0, x.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].0 == 0 && reasons[0].1.contains("does not know"), "{reasons:?}");
+        assert!(reasons[1].0 == 1 && reasons[1].1.contains("no thumb_256_url"), "{reasons:?}");
+        assert_eq!(u.ready.len(), 48);
         assert_eq!(u.next(8, 8, t0), Next::Idle);
-        u.ready.truncate(3);
+        u.ready.truncate(15);
         assert_eq!(u.next(8, 8, t0), Next::Lookup, "70 waiting: a full batch");
         u.waiting.truncate(10);
         assert_eq!(u.next(8, 8, t0), Next::Idle, "a short batch while URLs are ready");
