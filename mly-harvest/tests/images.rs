@@ -203,6 +203,23 @@ fn a_download_after_a_sync_writes_every_file_complete_with_sidecars_and_a_rerun_
         "no temp file left"
     );
     assert_eq!(sidecar_ids(&dir), (ids.clone(), ids.clone()));
+    // GDAL (what QGIS reads them with) sees n points in each.
+    for (file, oo) in [
+        ("images.geojson", vec![]),
+        ("images.csv", vec!["-oo", "X_POSSIBLE_NAMES=lon", "-oo", "Y_POSSIBLE_NAMES=lat"]),
+    ] {
+        let o = Command::new("ogrinfo")
+            .args(["-ro", "-al", "-so"])
+            .args(&oo)
+            .arg(dir.join(file))
+            .output()
+            .expect("ogrinfo runs (gdal-bin)");
+        let info = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            info.contains("Geometry: Point") && info.contains(&format!("Feature Count: {n}")),
+            "{file}: {info}"
+        );
+    }
     // One multi-id lookup per 50 pictures, and nothing else.
     assert!(spent <= 20 + n.div_ceil(50), "{spent} Graph calls for {n} pictures");
     eprintln!("{n} pictures, {spent} Graph calls ({:.1} per 1,000)", 1000.0 * spent as f64 / n as f64);
