@@ -13,8 +13,15 @@
 #   3 limits - low simulator limits (search 300/min, entity 600/min): achieved rate and throttling
 #   4 memory - peak RSS of coverage-only syncs of a ~50-tile and a ~5,000-tile sparse region
 #   5 decode - MVT decode throughput on the real fixture tiles vs a plain protobuf parse
+#   6 download - `images download` of BENCH_DL_IMAGES (10,000) pictures at original size after a
+#              coverage-only sync: files/s, MB/s, Graph calls per 1,000 pictures and peak RSS; then
+#              BENCH_DL_LATENCY_IMAGES (2,000) pictures against the simulator's latency model
+#              (`--latency realistic`, when `simulate --help` lists --latency; else n/a)
 # Regions can be overridden: BENCH_LOAD_REGION, BENCH_API_REGION, BENCH_LIMITS_REGION, BENCH_LIMITS_ENTITY_REGION,
-# BENCH_MEM_SMALL, BENCH_MEM_LARGE. --quick shrinks every region (a smoke run of the script).
+# BENCH_MEM_SMALL, BENCH_MEM_LARGE, BENCH_DL_REGION (BENCH_DL_IMAGES, BENCH_DL_CONCURRENCY,
+# BENCH_DL_LATENCY_IMAGES, BENCH_DL_LATENCY_ARGS: the simulator's latency options, default
+# "--latency realistic"). --quick shrinks every
+# region (a smoke run of the script).
 # BENCH_ONLY=load (comma-separated scenario names) runs a subset.
 # Needs: cargo, psql, curl, jq, /usr/bin/time, ogr2ogr (gdal-bin). Uses DATABASE_URL as admin URL when set, else
 # scripts/pg.sh starts a throwaway cluster. Creates and drops databases named mly_bench_*.
@@ -23,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-# BENCH_ONLY=load,api,... runs only those scenarios (load, api, limits, memory, decode).
+# BENCH_ONLY=load,api,... runs only those scenarios (load, api, limits, memory, decode, download).
 ONLY=${BENCH_ONLY:-}
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -48,6 +55,9 @@ if [ "$QUICK" = 1 ]; then
   LIMITS_ENTITY_REGION=${BENCH_LIMITS_ENTITY_REGION:-13.035,55.595,13.04,55.5955}
   MEM_SMALL=${BENCH_MEM_SMALL:-14.45,56.48,14.55,56.52}
   MEM_LARGE=${BENCH_MEM_LARGE:-14.3,56.4,14.7,56.6}
+  DL_REGION=${BENCH_DL_REGION:-12.99,55.595,13.03,55.600}
+  DL_IMAGES=${BENCH_DL_IMAGES:-1000}
+  DL_LATENCY_IMAGES=${BENCH_DL_LATENCY_IMAGES:-200}
 else
   # Greater Malmö (~200 z14 tiles): the simulator's dense core 14/8783/5134 and its suburbs.
   LOAD_REGION=${BENCH_LOAD_REGION:-12.85,55.52,13.15,55.68}
@@ -61,7 +71,14 @@ else
   # Sparse countryside around 14.5,56.5: ~50 and ~5,000 z14 tiles.
   MEM_SMALL=${BENCH_MEM_SMALL:-14.40,56.47,14.58,56.53}
   MEM_LARGE=${BENCH_MEM_LARGE:-13.40,56.21,15.62,56.81}
+  # The dense core tile and a neighbour hold ~55k images; the download takes the first 10,000 by id.
+  DL_REGION=${BENCH_DL_REGION:-12.99,55.595,13.03,55.600}
+  DL_IMAGES=${BENCH_DL_IMAGES:-10000}
+  # Every answer held about a second: 2,000 pictures at 8 in flight take some four minutes.
+  DL_LATENCY_IMAGES=${BENCH_DL_LATENCY_IMAGES:-2000}
 fi
+DL_CONCURRENCY=${BENCH_DL_CONCURRENCY:-8}
+DL_LATENCY_ARGS=${BENCH_DL_LATENCY_ARGS:---latency realistic}
 # Timed loads are repeated and their medians reported: the machine is shared and noisy.
 if [ "$QUICK" = 1 ]; then REPS=${BENCH_REPS:-1}; else REPS=${BENCH_REPS:-3}; fi
 LIMIT_SEARCH=${BENCH_SEARCH_PER_MINUTE:-300}
@@ -146,7 +163,7 @@ puts commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 ###############################################################################################
 if want load; then
-log "1/5 load speed: $LOAD_REGION (coverage only, enrichment off, no rate limits), $REPS repetitions"
+log "1/6 load speed: $LOAD_REGION (coverage only, enrichment off, no rate limits), $REPS repetitions"
 LOAD_ENV=(MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public
   MLY_LIMITS__SEARCH_PER_MINUTE=100000000 MLY_LIMITS__ENTITY_PER_MINUTE=100000000)
 start_sim --tiles-per-day 100000000 --search-per-minute 100000000 --entity-per-minute 100000000
@@ -289,7 +306,7 @@ fi
 
 ###############################################################################################
 if want api; then
-log "2/5 API economy: $API_REGION (all tilesets, enrichment on), then re-sync after one epoch"
+log "2/6 API economy: $API_REGION (all tilesets, enrichment on), then re-sync after one epoch"
 DB=$(fresh_db mly_bench_api)
 start_sim --tiles-per-day 100000000
 sync_run "$DB" "$API_REGION" api_first
@@ -339,7 +356,7 @@ fi
 
 ###############################################################################################
 if want limits; then
-log "3/5 limits: $LIMITS_REGION (search-bound) and $LIMITS_ENTITY_REGION with detections (entity-bound), search $LIMIT_SEARCH/min, entity $LIMIT_ENTITY/min"
+log "3/6 limits: $LIMITS_REGION (search-bound) and $LIMITS_ENTITY_REGION with detections (entity-bound), search $LIMIT_SEARCH/min, entity $LIMIT_ENTITY/min"
 DB=$(fresh_db mly_bench_limits)
 start_sim --tiles-per-day 100000000 --search-per-minute "$LIMIT_SEARCH" --entity-per-minute "$LIMIT_ENTITY"
 sync_run "$DB" "$LIMITS_REGION" limits MLY_LIMITS__SEARCH_PER_MINUTE="$LIMIT_SEARCH" \
@@ -366,7 +383,7 @@ fi
 
 ###############################################################################################
 if want memory; then
-log "4/5 memory: $MEM_SMALL and $MEM_LARGE (coverage only, enrichment off)"
+log "4/6 memory: $MEM_SMALL and $MEM_LARGE (coverage only, enrichment off)"
 MEM='{}'
 start_sim --tiles-per-day 100000000
 for pair in "small:$MEM_SMALL" "large:$MEM_LARGE"; do
@@ -387,13 +404,69 @@ fi
 
 ###############################################################################################
 if want decode; then
-log "5/5 decode: real fixture tiles (cargo test --release --test mvt_fixtures -- --ignored)"
+log "5/6 decode: real fixture tiles (cargo test --release --test mvt_fixtures -- --ignored)"
 cargo test -q --release --test mvt_fixtures -- --ignored --nocapture throughput >"$WORK/decode.out" 2>&1 \
   || { cat "$WORK/decode.out" >&2; die "decode bench failed"; }
 DEC=$(grep '^BENCH ' "$WORK/decode.out" | sed 's/^BENCH //' | jq -Rn '
   [inputs | [split(" ")[] | split("=") | {key: .[0], value: (.[1] | tonumber? // .)}] | from_entries
    | . + {decode_over_protobuf_throughput: (.decode_tile_features_per_s / .protobuf_only_features_per_s)}]')
 put decode "$DEC"
+fi
+###############################################################################################
+if want download; then
+log "6/6 download: $DL_IMAGES pictures at original size from $DL_REGION (after a coverage-only sync), concurrency $DL_CONCURRENCY"
+DB=$(fresh_db mly_bench_dl)
+start_sim --tiles-per-day 100000000
+sync_run "$DB" "$DL_REGION" dl_sync MLY_HARVEST__ENRICH=false MLY_HARVEST__TILESETS=mly1_public
+AVAIL=$(count "$DB" "SELECT count(*) FROM mapillary.images_live")
+[ "$AVAIL" -ge "$DL_IMAGES" ] || die "download: $DL_REGION holds $AVAIL images, fewer than $DL_IMAGES"
+# download_run TAG N: `images download` of the first N images by id into a new directory under
+# /usr/bin/time -v; sets WALL, RSS_MB, DL_FILES, DL_BYTES, DL_GRAPH (Graph calls the simulator
+# answered meanwhile).
+download_run() {
+  local tag=$1 n=$2 dir=$WORK/$1.pics rc=0 t0 t1 s0 s1
+  local where="id IN (SELECT id FROM images_live ORDER BY id LIMIT $n)"
+  s0=$(stats)
+  t0=$(now)
+  env DATABASE_URL="$DB" MLY_MAPILLARY__GRAPH_URL="$SIM_URL" MLY_MAPILLARY__TILES_URL="$SIM_URL" \
+    MAPILLARY_ACCESS_TOKEN='MLY|4000000000000001|0123456789abcdef0123456789abcdef' \
+    /usr/bin/time -v -o "$WORK/$tag.time" "$BIN" -q images download --where "$where" --size original \
+    --out "$dir" --concurrency "$DL_CONCURRENCY" >"$WORK/$tag.out" 2>"$WORK/$tag.err" || rc=$?
+  t1=$(now)
+  s1=$(stats)
+  cp "$WORK/$tag.out" "$OUT/$tag.summary.txt"
+  [ "$rc" = 0 ] || { cat "$WORK/$tag.out" "$WORK/$tag.err" >&2; die "download $tag exited with $rc"; }
+  WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }')
+  RSS_MB=$(awk -F: '/Maximum resident set size/ { printf "%.1f\n", $2 / 1024 }' "$WORK/$tag.time")
+  DL_FILES=$(count "$DB" "SELECT count(*) FROM mapillary.image_files WHERE root = '$(realpath "$dir")'")
+  DL_BYTES=$(find "$dir" -name '*.jpg' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+  DL_GRAPH=$(jq -n --argjson a "$s0" --argjson b "$s1" \
+    '($b.requests.search + $b.requests.entity) - ($a.requests.search + $a.requests.entity)')
+  [ "$DL_FILES" = "$n" ] || die "download $tag: $DL_FILES files of $n"
+  rm -rf "$dir"
+  log "$tag: $(head -n1 "$WORK/$tag.out") (wall ${WALL}s, peak RSS ${RSS_MB} MB)"
+}
+download_run dl_plain "$DL_IMAGES"
+PLAIN=$(jq -n --argjson wall "$WALL" --argjson rss "$RSS_MB" --argjson files "$DL_FILES" --argjson bytes "$DL_BYTES" \
+  --argjson graph "$DL_GRAPH" '{wall_s: $wall, files: $files, bytes: $bytes, files_per_s: ($files / $wall),
+  mb_per_s: ($bytes / 1e6 / $wall), graph_calls: $graph, graph_calls_per_1000: (1000 * $graph / $files), peak_rss_mb: $rss}')
+stop_sim
+LATENCY=null
+if "$BIN" simulate --help | grep -q -- '--latency'; then
+  # shellcheck disable=SC2086 # the options are words on purpose
+  start_sim --tiles-per-day 100000000 $DL_LATENCY_ARGS
+  download_run dl_latency "$DL_LATENCY_IMAGES"
+  LATENCY=$(jq -n --argjson wall "$WALL" --argjson rss "$RSS_MB" --argjson files "$DL_FILES" --argjson bytes "$DL_BYTES" \
+    --argjson graph "$DL_GRAPH" --arg args "$DL_LATENCY_ARGS" '{simulator_args: $args, files: $files, bytes: $bytes, wall_s: $wall, files_per_s: ($files / $wall),
+    mb_per_s: ($bytes / 1e6 / $wall), graph_calls: $graph, graph_calls_per_1000: (1000 * $graph / $files), peak_rss_mb: $rss}')
+  stop_sim
+else
+  log "download: \`mly-harvest simulate --help\` lists no --latency: the latency figures are n/a"
+fi
+put download "$(jq -n --arg region "$DL_REGION" --argjson n "$DL_IMAGES" --argjson c "$DL_CONCURRENCY" \
+  --argjson p "$PLAIN" --argjson l "$LATENCY" '{region: $region, images: $n, size: "original", concurrency: $c,
+  no_latency: $p, latency: $l, target_graph_calls_per_1000_max: (20 + 1000 / 50), target_max_rss_mb: 200}')"
+psql "$ADMIN" -qXc "DROP DATABASE mly_bench_dl WITH (FORCE)" >/dev/null
 fi
 puts finished_at "$(date -u +%FT%TZ)"
 
@@ -432,6 +505,12 @@ jq -r '
   (if .memory then
     "| 4 memory | peak RSS \(.memory.small.tiles) tiles (\(f(.memory.small.tiles_per_s)) tiles/s) | \(f(.memory.small.peak_rss_mb)) MB | < 200 MB |",
     "| 4 memory | peak RSS \(.memory.large.tiles) tiles (\(f(.memory.large.tiles_per_s)) tiles/s) | \(f(.memory.large.peak_rss_mb)) MB | < 200 MB, flat |"
+  else empty end),
+  (if .download then
+    "| 6 download | \(.download.images) pictures at original size (\(f(.download.no_latency.bytes / 1e6)) MB), no latency: files/s, MB/s | \(f(.download.no_latency.files_per_s)) files/s, \(f(.download.no_latency.mb_per_s)) MB/s | - |",
+    "| 6 download | \(if .download.latency then "\(.download.latency.files) pictures, simulator \(.download.latency.simulator_args)" else "with the simulator latency model" end): files/s, MB/s | \(if .download.latency then "\(f(.download.latency.files_per_s)) files/s, \(f(.download.latency.mb_per_s)) MB/s" else "n/a" end) | - |",
+    "| 6 download | Graph calls per 1,000 pictures (\(.download.no_latency.graph_calls) calls) | \(f(.download.no_latency.graph_calls_per_1000)) | <= \(.download.target_graph_calls_per_1000_max) (one per 50: 20) |",
+    "| 6 download | peak RSS while downloading | \(f(.download.no_latency.peak_rss_mb)) MB | < 200 MB |"
   else empty end),
   ((.decode // [])[] | "| 5 decode | \(.file | split("/") | last) (\(.features) features): decode_tile features/s | \(f(.decode_tile_features_per_s)) | protobuf only \(f(.protobuf_only_features_per_s)) (\(f(100 * .decode_over_protobuf_throughput))%) |")
 ' "$OUT/results.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start, command one: a real `sync` of a demo region against the bundled simulator into a
-# local PostGIS, then the result. Installs PostGIS and starts a throwaway cluster when
+# local PostGIS, then the result and the pictures of one short sequence. Installs PostGIS and starts a throwaway cluster when
 # DATABASE_URL is not set (see scripts/pg.sh). No Mapillary token needed.
 #   scripts/demo.sh [REGION]      (default: central Malmö, with a dense city-core tile)
 set -euo pipefail
@@ -45,4 +45,11 @@ echo "demo: a sample analysis query (most common map features):"
 psql "$DATABASE_URL" -P pager=off -c "
   SELECT object_value, object_type, count(*) AS n
   FROM mapillary.map_features_live GROUP BY 1, 2 ORDER BY n DESC LIMIT 8"
+echo "demo: the pictures of one short sequence (mly-harvest images download):"
+SEQ=$(psql "$DATABASE_URL" -XtAc "
+  SELECT sequence_id FROM mapillary.images_live WHERE sequence_id IS NOT NULL
+  GROUP BY 1 ORDER BY count(*) BETWEEN 5 AND 20 DESC, count(*), 1 LIMIT 1")
+PICS=${DEMO_PICTURES:-demo-pictures}
+"$BIN" images download --sequence "$SEQ" --size 1024 --out "$PICS"
+echo "demo: $(find "$PICS/$SEQ" -name '*.jpg' | wc -l) pictures in $PICS/$SEQ/; sidecars $PICS/images.geojson and $PICS/images.csv (open the GeoJSON in QGIS)"
 echo "demo: run it again to see a resumed/unchanged re-sync; connect QGIS to: $DATABASE_URL"

@@ -62,3 +62,64 @@ pub const MAP_FEATURE_FIELDS: &str =
 
 /// Detection fields requested through an image's `detections` edge.
 pub const DETECTION_FIELDS: &str = "detections.id,detections.value,detections.created_at,detections.geometry";
+
+/// The sizes of an image's picture the Graph API hands out URLs for (`thumb_*_url`, API notes
+/// §7). The URLs are signed and expire (`oe=`), so they are asked for just before a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ThumbSize {
+    /// `thumb_256_url`: 256 px wide.
+    S256,
+    /// `thumb_1024_url`: 1024 px wide.
+    S1024,
+    /// `thumb_2048_url`: 2048 px wide.
+    S2048,
+    /// `thumb_original_url`: the picture as uploaded.
+    Original,
+}
+
+impl ThumbSize {
+    /// Every size, smallest first.
+    pub const ALL: [ThumbSize; 4] =
+        [ThumbSize::S256, ThumbSize::S1024, ThumbSize::S2048, ThumbSize::Original];
+
+    /// The Graph field holding this size's URL.
+    pub fn field(self) -> &'static str {
+        match self {
+            ThumbSize::S256 => "thumb_256_url",
+            ThumbSize::S1024 => "thumb_1024_url",
+            ThumbSize::S2048 => "thumb_2048_url",
+            ThumbSize::Original => "thumb_original_url",
+        }
+    }
+
+    /// The short name users write (`256`, `1024`, `2048`, `original`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ThumbSize::S256 => "256",
+            ThumbSize::S1024 => "1024",
+            ThumbSize::S2048 => "2048",
+            ThumbSize::Original => "original",
+        }
+    }
+
+    /// The size of a short name, if it is one.
+    pub fn from_name(name: &str) -> Option<ThumbSize> {
+        ThumbSize::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The picture's width in pixels; `None` for the original (the image's own width).
+    pub fn width(self) -> Option<u32> {
+        match self {
+            ThumbSize::S256 => Some(256),
+            ThumbSize::S1024 => Some(1024),
+            ThumbSize::S2048 => Some(2048),
+            ThumbSize::Original => None,
+        }
+    }
+}
+
+impl fmt::Display for ThumbSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

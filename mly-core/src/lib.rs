@@ -4,11 +4,13 @@
 //! fetches them through the [`api`] client, decodes them with [`mvt`], diffs them against the
 //! database, enriches what is new through the Graph API, and writes them with [`store`], while
 //! [`jobs`] tracks runs and tile states so that every run can resume. The API contract it shares
-//! with the simulator (tile ids, tilesets, caps, redaction) lives in `mly_contract`.
+//! with the simulator (tile ids, tilesets, caps, redaction) lives in `mly_contract`. [`images`]
+//! downloads the pictures of harvested images.
 
 pub mod api;
 pub mod budget;
 pub mod cover;
+pub mod images;
 pub mod io;
 pub mod jobs;
 pub mod model;

@@ -92,6 +92,8 @@ pub enum Command {
     /// Check everything a real run needs: config, database, PostGIS, rights, a recorded block,
     /// the token (one Graph call) and tile access (one tile, counted in the budget).
     Doctor(crate::ops::doctor::DoctorArgs),
+    /// The pictures of harvested images: `images download` (resumable, with sidecars).
+    Images(crate::images_cmd::ImagesArgs),
 }
 
 /// `sync` options.
@@ -181,6 +183,8 @@ pub enum CliError {
     Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error(transparent)]
+    Images(#[from] mly_core::images::ImagesError),
 }
 
 impl From<PipelineError> for CliError {
@@ -205,6 +209,7 @@ impl CliError {
             CliError::Interrupted => exit::INTERRUPTED,
             CliError::Metrics(_) => exit::CONFIG,
             CliError::Ops(e) => e.exit_code(),
+            CliError::Images(e) => exit::of_images_error(e),
         }
     }
 }
@@ -300,6 +305,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             Ok(exit::OK)
         }
         Command::Doctor(ref args) => crate::ops::doctor::run(&cli, args).await,
+        Command::Images(ref args) => crate::images_cmd::run(&cli, args).await,
         Command::Status(ref args) => {
             let cfg = load_config(&cli)?;
             // Read-only: no migration, and the server refuses any write on these sessions.
@@ -379,7 +385,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
-async fn connect(cfg: &Config) -> Result<Store, CliError> {
+pub(crate) async fn connect(cfg: &Config) -> Result<Store, CliError> {
     let url = cfg.database.url.expose();
     if url.is_empty() {
         return Err(ConfigError::Value {

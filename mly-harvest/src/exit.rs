@@ -1,6 +1,7 @@
 //! Exit codes (documented in the README's table), and the one place errors and run outcomes
 //! of the core are mapped onto them.
 
+use mly_core::images::ImagesError;
 use mly_core::pipeline::{Outcome, PipelineError};
 
 /// Success.
@@ -11,7 +12,8 @@ pub const INTERNAL: i32 = 1;
 pub const USAGE: i32 = 2;
 /// Bad configuration file, key, type or environment value.
 pub const CONFIG: i32 = 3;
-/// Bad region: bbox, GeoJSON, unknown name, or too large without --yes.
+/// Bad input: a region (bbox, GeoJSON, unknown name, too large without --yes), a `--where`
+/// clause the database refuses, an unusable `--out` directory.
 pub const INPUT: i32 = 4;
 /// Database unreachable, PostGIS missing, or a database error.
 pub const DATABASE: i32 = 5;
@@ -19,7 +21,7 @@ pub const DATABASE: i32 = 5;
 pub const AUTH: i32 = 6;
 /// The daily tile budget is spent; the next run carries on.
 pub const QUOTA: i32 = 7;
-/// The run finished but some tiles failed permanently; re-run to retry them.
+/// The run finished but some tiles (or pictures) failed permanently; re-run to retry them.
 pub const PARTIAL: i32 = 8;
 /// The API failed in a way that stopped the run.
 pub const API: i32 = 9;
@@ -47,5 +49,18 @@ pub fn of_outcome(o: Outcome) -> i32 {
         Outcome::Partial => PARTIAL,
         Outcome::QuotaExhausted => QUOTA,
         Outcome::Stopped => INTERRUPTED,
+    }
+}
+
+/// The exit code of an error that stopped `images download`.
+pub fn of_images_error(e: &ImagesError) -> i32 {
+    match e {
+        ImagesError::Where { .. } | ImagesError::BadOut { .. } | ImagesError::Busy { .. } => INPUT,
+        ImagesError::Store(_) => DATABASE,
+        ImagesError::Api(a) if a.is_auth() => AUTH,
+        ImagesError::Api(_) | ImagesError::CdnUnreachable { .. } => API,
+        // A file that cannot be written is an output file that cannot be written.
+        ImagesError::Output { .. } => CONFIG,
+        ImagesError::Internal(_) => INTERNAL,
     }
 }

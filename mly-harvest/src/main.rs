@@ -7,6 +7,7 @@ use clap::Parser;
 mod cli;
 mod config;
 mod exit;
+mod images_cmd;
 mod ops;
 mod summary;
 

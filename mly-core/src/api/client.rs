@@ -413,7 +413,8 @@ impl ApiClient {
         Ok(Search::Complete(all))
     }
 
-    async fn by_ids<T>(
+    /// A multi-id lookup of any number of ids (chunked by 50), unknown ids found by bisection.
+    pub(super) async fn by_ids<T>(
         &self,
         what: &str,
         ids: &[i64],
@@ -767,7 +768,7 @@ fn looks_like_markup(body: &[u8]) -> bool {
 }
 
 /// Full-jitter-ish exponential backoff: between half and all of `base * 2^(n-1)`, capped.
-fn backoff(n: u32) -> Duration {
+pub(crate) fn backoff(n: u32) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(BACKOFF_CAP);
     exp.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
@@ -803,7 +804,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, R
 }
 
 /// A reqwest error with its causes, which name the actual failure (reset, timeout, …).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -4,17 +4,20 @@ mod client;
 mod error;
 pub mod graph;
 mod limiter;
+mod thumbs;
 
 use std::time::Duration;
 
 use mly_contract::Secret;
 
 pub use client::ApiClient;
+pub(crate) use client::{backoff, error_chain};
 pub use error::ApiError;
 pub use limiter::PaceError;
+pub use thumbs::ThumbUrl;
 
 pub use mly_contract::api::{
-    DETECTION_FIELDS, IMAGE_FIELDS, MAP_FEATURE_FIELDS, MAX_IDS_PER_CALL, SEARCH_LIMIT,
+    DETECTION_FIELDS, IMAGE_FIELDS, MAP_FEATURE_FIELDS, MAX_IDS_PER_CALL, SEARCH_LIMIT, ThumbSize,
 };
 pub use mly_contract::secret::redact;
 
