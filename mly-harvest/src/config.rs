@@ -79,6 +79,7 @@ impl Config {
             max_retries: self.mapillary.max_retries,
             search_per_minute: self.limits.search_per_minute,
             entity_per_minute: self.limits.entity_per_minute,
+            tiles_in_flight: mly_core::api::tiles_in_flight(self.limits.tiles_per_minute),
             breaker_after: self.mapillary.breaker_after,
         }
     }
@@ -197,7 +198,7 @@ impl Default for LimitsConfig {
             tiles_per_minute: DEFAULT_TILES_PER_MINUTE,
             search_per_minute: 10_000,
             entity_per_minute: 60_000,
-            concurrency: 8,
+            concurrency: 48,
         }
     }
 }

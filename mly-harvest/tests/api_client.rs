@@ -40,6 +40,7 @@ fn settings(base: &str) -> ApiSettings {
         max_retries: 3,
         search_per_minute: 60_000,
         entity_per_minute: 60_000,
+        tiles_in_flight: 1,
         breaker_after: 1000,
     }
 }

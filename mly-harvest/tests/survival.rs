@@ -375,6 +375,7 @@ fn client(base: &str) -> ApiClient {
             max_retries: 3,
             search_per_minute: 60_000,
             entity_per_minute: 60_000,
+            tiles_in_flight: 1,
             breaker_after: 1000,
         },
         Pacing::ThisProcess,

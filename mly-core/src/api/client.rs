@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
@@ -26,6 +27,12 @@ use mly_contract::tiles::{Bbox, TileId};
 const TILE_CAP: usize = 64 << 20;
 /// Body cap for Graph JSON.
 const JSON_CAP: usize = 32 << 20;
+/// Searches in flight at once (see `Inner::search_in_flight`).
+const SEARCHES_IN_FLIGHT: usize = 32;
+/// Entity calls in flight at once (their answers are small: 50 records).
+const ENTITY_IN_FLIGHT: usize = 96;
+/// Multi-id batches of one lookup in flight at once.
+const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Retries of a query timeout before the caller asks for less (§13.7: a retry may succeed).
 const TIMEOUT_RETRIES: u32 = 1;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -141,10 +148,15 @@ struct Inner {
     tiles_breaker: Breaker,
     search_breaker: Breaker,
     entity_breaker: Breaker,
+    /// Graph requests of a family in flight at once, answer read included: enough to keep the
+    /// pacer's rate at a second of latency (Little's law), few enough that the answers in memory
+    /// stay bounded (a full search answer is a couple of MB).
+    search_in_flight: tokio::sync::Semaphore,
+    entity_in_flight: tokio::sync::Semaphore,
     counters: Counters,
-    /// Tile requests pass this gate one at a time until their answer's status and headers are
+    /// Tile requests pass this gate (`tiles_in_flight` at a time) until their answer's status and headers are
     /// in, so that after a block answer not one more tile request leaves this process.
-    tile_gate: tokio::sync::Mutex<()>,
+    tile_gate: tokio::sync::Semaphore,
     /// Set by the first block answer; every later tile request is refused without being sent.
     blocked: std::sync::Mutex<Option<BlockSeen>>,
 }
@@ -209,7 +221,9 @@ impl ApiClient {
                 search_breaker: Breaker::new(s.breaker_after),
                 entity_breaker: Breaker::new(s.breaker_after),
                 counters: Counters::default(),
-                tile_gate: tokio::sync::Mutex::new(()),
+                tile_gate: tokio::sync::Semaphore::new(s.tiles_in_flight.max(1) as usize),
+                search_in_flight: tokio::sync::Semaphore::new(SEARCHES_IN_FLIGHT),
+                entity_in_flight: tokio::sync::Semaphore::new(ENTITY_IN_FLIGHT),
                 blocked: std::sync::Mutex::new(None),
             }),
         })
@@ -457,58 +471,83 @@ impl ApiClient {
     ) -> Result<ByIds<T>, ApiError> {
         let mut seen = HashSet::new();
         let unique: Vec<i64> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+        // The batches of 50 overlap: the entity pacer keeps their rate, and their latencies add
+        // up no more.
+        // Built eagerly (they start only when polled): a closure in the stream would defeat the
+        // compiler's proof that the whole future is Send.
+        let batches: Vec<_> = unique
+            .chunks(MAX_IDS_PER_CALL)
+            .map(|chunk| self.lookup_batch(what, chunk, fields, &parse, narrow))
+            .collect();
+        let mut batches = futures::stream::iter(batches).buffer_unordered(LOOKUPS_IN_FLIGHT);
         let mut out = ByIds { found: Vec::new(), missing: Vec::new() };
-        for chunk in unique.chunks(MAX_IDS_PER_CALL) {
-            // Depth-first bisection: a batch refused for an unknown id is split in halves
-            // until the culprits stand alone.
-            let mut stack: Vec<&[i64]> = vec![chunk];
-            while let Some(batch) = stack.pop() {
-                let list = batch.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-                let context = format!("while looking up {} {what} ({}…)", batch.len(), batch[0]);
-                let mut url = self.url(&self.inner.graph, "")?;
-                url.query_pairs_mut().append_pair("ids", &list).append_pair("fields", fields);
-                if narrow == Narrow::OneByOne {
-                    self.inner.counters.confirm.fetch_add(1, Ordering::Relaxed);
-                }
-                match self.execute(Family::Entity, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
-                    Reply::Ok { body, .. } => {
-                        let v = json(&body, &context)?;
-                        let map = v.as_object().ok_or_else(|| ApiError::Decode {
-                            context: context.clone(),
-                            message: "the ?ids= response is not an object keyed by id".into(),
-                        })?;
-                        for id in batch {
-                            match map.get(&id.to_string()) {
-                                Some(item) => out.found.push(parse(*id, item).map_err(|m| {
-                                    ApiError::Decode { context: context.clone(), message: self.scrub(&m) }
-                                })?),
-                                None => out.missing.push(*id),
-                            }
+        while let Some(r) = batches.next().await {
+            let by = r?;
+            out.found.extend(by.found);
+            out.missing.extend(by.missing);
+        }
+        Ok(out)
+    }
+
+    /// One batch of at most 50 ids; a batch refused for an unknown id is split in halves (or
+    /// asked id by id) until the culprits stand alone.
+    async fn lookup_batch<T>(
+        &self,
+        what: &str,
+        chunk: &[i64],
+        fields: &str,
+        parse: &impl Fn(i64, &Value) -> Result<T, String>,
+        narrow: Narrow,
+    ) -> Result<ByIds<T>, ApiError> {
+        let mut out = ByIds { found: Vec::new(), missing: Vec::new() };
+        // Depth-first bisection: a batch refused for an unknown id is split in halves
+        // until the culprits stand alone.
+        let mut stack: Vec<&[i64]> = vec![chunk];
+        while let Some(batch) = stack.pop() {
+            let list = batch.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let context = format!("while looking up {} {what} ({}…)", batch.len(), batch[0]);
+            let mut url = self.url(&self.inner.graph, "")?;
+            url.query_pairs_mut().append_pair("ids", &list).append_pair("fields", fields);
+            if narrow == Narrow::OneByOne {
+                self.inner.counters.confirm.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.execute(Family::Entity, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
+                Reply::Ok { body, .. } => {
+                    let v = json(&body, &context)?;
+                    let map = v.as_object().ok_or_else(|| ApiError::Decode {
+                        context: context.clone(),
+                        message: "the ?ids= response is not an object keyed by id".into(),
+                    })?;
+                    for id in batch {
+                        match map.get(&id.to_string()) {
+                            Some(item) => out.found.push(parse(*id, item).map_err(|m| ApiError::Decode {
+                                context: context.clone(),
+                                message: self.scrub(&m),
+                            })?),
+                            None => out.missing.push(*id),
                         }
                     }
-                    Reply::Refused { class: Class::Missing(_), .. } if batch.len() == 1 => {
-                        out.missing.push(batch[0]);
-                    }
-                    Reply::Refused { class: Class::Missing(_), .. } if narrow == Narrow::OneByOne => {
-                        stack.extend(batch.chunks(1).rev());
-                    }
-                    // Unknown ids are found by halving; a timed-out batch asks for less the same way.
-                    Reply::Refused { class: Class::Missing(_) | Class::Timeout(_), .. }
-                        if batch.len() > 1 =>
-                    {
-                        let (a, b) = batch.split_at(batch.len() / 2);
-                        stack.push(b);
-                        stack.push(a);
-                    }
-                    Reply::Refused { class: Class::Timeout(m), .. } => {
-                        return Err(ApiError::Transient {
-                            context: context.clone(),
-                            attempts: TIMEOUT_RETRIES + 1,
-                            message: self.scrub(&format!("query timeout: {m}")),
-                        });
-                    }
-                    Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
                 }
+                Reply::Refused { class: Class::Missing(_), .. } if batch.len() == 1 => {
+                    out.missing.push(batch[0]);
+                }
+                Reply::Refused { class: Class::Missing(_), .. } if narrow == Narrow::OneByOne => {
+                    stack.extend(batch.chunks(1).rev());
+                }
+                // Unknown ids are found by halving; a timed-out batch asks for less the same way.
+                Reply::Refused { class: Class::Missing(_) | Class::Timeout(_), .. } if batch.len() > 1 => {
+                    let (a, b) = batch.split_at(batch.len() / 2);
+                    stack.push(b);
+                    stack.push(a);
+                }
+                Reply::Refused { class: Class::Timeout(m), .. } => {
+                    return Err(ApiError::Transient {
+                        context: context.clone(),
+                        attempts: TIMEOUT_RETRIES + 1,
+                        message: self.scrub(&format!("query timeout: {m}")),
+                    });
+                }
+                Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
             }
         }
         Ok(out)
@@ -600,13 +639,22 @@ impl ApiClient {
                 return Err(self.unreachable(family, &url, &last));
             }
             attempts += 1;
+            // A place in flight first, then a pace slot: a slot must not pass while the call
+            // waits for its place. (The semaphores are never closed: acquiring never fails.)
+            let _in_flight = match family {
+                Family::Search => self.inner.search_in_flight.acquire().await.ok(),
+                Family::Entity => self.inner.entity_in_flight.acquire().await.ok(),
+                Family::Tiles => None,
+            };
             let pacer = self.pacer(family);
             pacer
                 .ready()
                 .await
                 .map_err(|source| ApiError::Pacing { context: context.to_string(), source })?;
+            // The semaphore is never closed, so acquiring fails never; a failure would only mean
+            // "no gate", never a second request in its place.
             let mut gate =
-                if family == Family::Tiles { Some(self.inner.tile_gate.lock().await) } else { None };
+                if family == Family::Tiles { self.inner.tile_gate.acquire().await.ok() } else { None };
             if family == Family::Tiles
                 && let Some(e) = self.blocked_error()
             {

@@ -33,6 +33,10 @@ pub struct ApiSettings {
     pub max_retries: u32,
     pub search_per_minute: u32,
     pub entity_per_minute: u32,
+    /// Tile requests of this process in flight at once until their answers' status is in: a
+    /// block answer stops every later request, so at most this many meet the block. From the
+    /// tile pace and the latency (Little's law, see `tiles_in_flight`).
+    pub tiles_in_flight: u32,
     /// Calls of one family in a row that fail to connect or time out before the circuit breaker
     /// trips and every further call of that family fails at once (`mapillary.breaker_after`).
     pub breaker_after: u32,
@@ -46,6 +50,14 @@ pub enum Pacing {
     /// Every process of the app, on any host: slots of the app's timelines in the database
     /// (`budget::timeline`), which must be migrated.
     Shared { store: crate::store::Store, app: crate::budget::AppKey },
+}
+
+/// Tile requests in flight at once for a pace of `tiles_per_minute` answered in about a second
+/// (Little's law, with twice the room): one at the default pace of 20 a minute, so that nothing
+/// follows a block answer; up to 64 when the pace allows many.
+pub fn tiles_in_flight(tiles_per_minute: u32) -> u32 {
+    let per_second = f64::from(tiles_per_minute) / 60.0;
+    ((per_second * 2.0).ceil() as u32).clamp(1, 64)
 }
 
 /// The outcome of a tile request.
@@ -109,6 +121,7 @@ mod tests {
             max_retries: 1,
             search_per_minute: 1,
             entity_per_minute: 1,
+            tiles_in_flight: 1,
             breaker_after: 1,
         };
         assert!(!format!("{s:?}").contains("topsecretvalue"));

@@ -19,8 +19,9 @@ pub const SEARCH_CELL_TARGET: u64 = 1500;
 /// Ids per multi-id lookup (the documented cap).
 pub const IDS_PER_CALL: u64 = mly_contract::api::MAX_IDS_PER_CALL as u64;
 
-/// Bbox searches of one tile run this many at once.
-const SEARCH_PARALLELISM: usize = 4;
+/// Bbox searches of one tile in flight at once (the search pacer keeps their rate; a dense tile
+/// plans a few dozen cells, and their latencies overlap instead of adding up).
+const SEARCH_PARALLELISM: usize = 32;
 
 /// A record of the tile: its id and tile position.
 #[derive(Debug, Clone, Copy)]

@@ -36,6 +36,8 @@ pub(crate) struct RunCtx {
     pub(crate) harvest: Harvest,
     /// Tiles in flight at once.
     pub(crate) concurrency: usize,
+    /// The heavy stages' memory budget (see `fetch::MEMORY_BUDGET_KIB`).
+    pub(crate) memory: Arc<tokio::sync::Semaphore>,
     /// Whose tile budget and pace this run spends (the token's app).
     pub(crate) app: budget::AppKey,
     pub(crate) tile_limits: budget::TileLimits,
@@ -227,6 +229,7 @@ pub async fn sync(
             owner,
             harvest: harvest.clone(),
             concurrency: settings.limits.concurrency as usize,
+            memory: Arc::new(tokio::sync::Semaphore::new(super::fetch::MEMORY_BUDGET_KIB as usize)),
             app,
             tile_limits,
             roles: plan::TilesetRoles::of(&harvest.tilesets),

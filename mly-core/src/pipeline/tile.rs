@@ -69,16 +69,17 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     // does not ask for "not modified".
     let etag =
         if ctx.refresh_before.is_some() || !lacking.is_empty() { None } else { snapshot.etag.as_deref() };
-    let (decoded, new_etag) = match fetch_tile(&ctx.api, times, c.tileset, c.tile, etag).await? {
-        Fetched::NotModified => {
-            // Unchanged: the tile still holds what the database has of it.
-            let deps = ctx.dependents_of(c.tileset, !snapshot.live.is_empty());
-            commit_tile(&ctx.store, &lease, &empty_write(c, snapshot.etag.clone(), true), deps).await?;
-            ctx.counters.unchanged();
-            return Ok(TileEnd::Written);
-        }
-        Fetched::Decoded { tile, etag } => (tile, etag),
-    };
+    let (decoded, new_etag, _memory) =
+        match fetch_tile(&ctx.api, &ctx.memory, times, c.tileset, c.tile, etag).await? {
+            Fetched::NotModified => {
+                // Unchanged: the tile still holds what the database has of it.
+                let deps = ctx.dependents_of(c.tileset, !snapshot.live.is_empty());
+                commit_tile(&ctx.store, &lease, &empty_write(c, snapshot.etag.clone(), true), deps).await?;
+                ctx.counters.unchanged();
+                return Ok(TileEnd::Written);
+            }
+            Fetched::Decoded { tile, etag, memory } => (tile, etag, memory),
+        };
     let mut w = empty_write(c, new_etag, false);
     let had_live = !snapshot.live.is_empty();
     let far_edge: HashSet<i64> = decoded.far_edge.iter().copied().collect();

@@ -513,6 +513,7 @@ fn client(cfg: &Config, pacing: Pacing) -> Result<ApiClient, ApiError> {
             max_retries: 1,
             search_per_minute: cfg.limits.search_per_minute,
             entity_per_minute: cfg.limits.entity_per_minute,
+            tiles_in_flight: 1,
             breaker_after: cfg.mapillary.breaker_after,
         },
         pacing,
