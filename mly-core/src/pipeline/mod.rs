@@ -22,6 +22,7 @@ mod progress;
 mod run;
 mod tile;
 pub mod trace;
+mod within;
 
 use std::sync::Arc;
 use std::time::Duration;

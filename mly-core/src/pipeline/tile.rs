@@ -69,7 +69,7 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     // does not ask for "not modified".
     let etag =
         if ctx.refresh_before.is_some() || !lacking.is_empty() { None } else { snapshot.etag.as_deref() };
-    let (decoded, new_etag) = match fetch_tile(&ctx.api, times, c.tileset, c.tile, etag).await? {
+    let (mut decoded, new_etag) = match fetch_tile(&ctx.api, times, c.tileset, c.tile, etag).await? {
         Fetched::NotModified => {
             commit_tile(&ctx.store, &lease, &empty_write(c, snapshot.etag.clone(), true)).await?;
             ctx.counters.unchanged();
@@ -84,6 +84,10 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     } else {
         decoded.features.iter().map(|r| r.id.0).collect()
     };
+    // A point region: only records inside its circle go on (the listing above still says what vanished).
+    if let Some(circle) = &ctx.circle {
+        super::within::listed(circle, c.tileset, &mut decoded);
+    }
     let vanished = match diff::vanishing(&snapshot.live, &listed, c.empty_reads) {
         Vanishing::ReadAgain => return Ok(TileEnd::Recheck),
         Vanishing::Nothing => Vec::new(),
@@ -139,6 +143,9 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
             .into_iter()
             .map(|(tile, tile_hash)| FeatureRow { details: details.remove(&tile.id.0), tile, tile_hash })
             .collect();
+    }
+    if let Some(circle) = &ctx.circle {
+        super::within::written(circle, &mut w);
     }
     let counts = commit_tile(&ctx.store, &lease, &w).await?;
     ctx.store.mark_detections_fetched(&detections_fetched).await?;
