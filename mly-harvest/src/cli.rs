@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use mly_contract::tiles::HARVEST_ZOOM;
 use mly_core::jobs::{self, JobsError};
+use mly_core::pipeline::scope::{Scope, ScopeOptions};
 use mly_core::pipeline::{self, PipelineError, SyncOptions, plan};
 use mly_core::region::{Region, RegionError};
 use mly_core::store::{Store, StoreError};
@@ -94,12 +95,48 @@ pub enum Command {
     Doctor(crate::ops::doctor::DoctorArgs),
 }
 
+/// Parses `--since`: a day (from its start, UTC) or an RFC 3339 time, as ms since the epoch.
+fn parse_since(s: &str) -> Result<i64, String> {
+    parse_day_or_time(s, false)
+}
+
+/// Parses `--until`: a day (to its end, UTC, inclusive) or an RFC 3339 time.
+fn parse_until(s: &str) -> Result<i64, String> {
+    parse_day_or_time(s, true)
+}
+
+fn parse_day_or_time(s: &str, end_of_day: bool) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.timestamp_millis());
+    }
+    let day = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date YYYY-MM-DD or an RFC 3339 time (2024-05-01T12:00:00Z)"))?;
+    let start =
+        day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).ok_or("date out of range")?;
+    Ok(if end_of_day { start + 86_400_000 - 1 } else { start })
+}
+
 /// `sync` options.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("owner").args(["creator", "organization"]).multiple(true)))]
 pub struct SyncArgs {
-    /// A config region name, 'west,south,east,north', or a GeoJSON file.
-    #[arg(allow_hyphen_values = true)]
-    pub region: String,
+    /// A config region name, 'west,south,east,north', 'lon,lat@radius' (m or km, e.g.
+    /// 13.0,55.6@200m), or a GeoJSON file. With --creator/--organization: only their records in it.
+    #[arg(allow_hyphen_values = true, required_unless_present = "owner")]
+    pub region: Option<String>,
+    /// Harvest every image of this Mapillary user (and the map features seen in them) through
+    /// the Graph API's paged search instead of tiles; with REGION, only those in it.
+    #[arg(long, value_name = "USERNAME")]
+    pub creator: Option<String>,
+    /// Harvest the images of this Mapillary organization (id); without --creator it needs a REGION.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub organization: Option<i64>,
+    /// With --creator/--organization: only images captured on or after DATE (YYYY-MM-DD, UTC, or an RFC 3339 time).
+    #[arg(long, value_name = "DATE", value_parser = parse_since, requires = "owner")]
+    pub since: Option<i64>,
+    /// With --creator/--organization: only images captured on or before DATE (the whole day).
+    #[arg(long, value_name = "DATE", value_parser = parse_until, requires = "owner")]
+    pub until: Option<i64>,
     /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
     #[arg(long)]
     pub yes: bool,
@@ -107,7 +144,7 @@ pub struct SyncArgs {
     #[arg(long, value_parser = parse_age)]
     pub refresh_older_than: Option<Duration>,
     /// Stop after this many tiles (for trying things out); the run resumes later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN), conflicts_with = "owner")]
     pub max_tiles: Option<u64>,
     /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
     #[arg(long, hide = true)]
@@ -123,6 +160,24 @@ pub struct SyncArgs {
     /// Filled by the run for the metrics file.
     #[arg(skip)]
     pub trace: Option<std::sync::Arc<mly_core::pipeline::trace::RunTrace>>,
+}
+
+impl SyncArgs {
+    /// What the run harvests, as the metrics label it: the region, or the scope.
+    pub fn label(&self) -> String {
+        let mut who = Vec::new();
+        if let Some(c) = &self.creator {
+            who.push(format!("creator:{c}"));
+        }
+        if let Some(o) = self.organization {
+            who.push(format!("organization:{o}"));
+        }
+        match (who.is_empty(), &self.region) {
+            (true, r) => r.clone().unwrap_or_default(),
+            (false, Some(r)) => format!("{} in {r}", who.join("+")),
+            (false, None) => who.join("+"),
+        }
+    }
 }
 
 /// `plan` options.
@@ -159,6 +214,8 @@ pub enum CliError {
     #[error("{0}")]
     Input(String),
     #[error(transparent)]
+    Scope(#[from] mly_core::pipeline::scope::ScopeError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Jobs(#[from] JobsError),
@@ -186,6 +243,7 @@ impl CliError {
             CliError::Config(ConfigError::Token) => exit::AUTH,
             CliError::Config(_) => exit::CONFIG,
             CliError::Region(_) | CliError::Input(_) => exit::INPUT,
+            CliError::Scope(_) => exit::USAGE,
             CliError::Store(_) | CliError::Jobs(_) => exit::DATABASE,
             CliError::Pipeline(e) => exit::of_pipeline_error(e),
             CliError::Simulator(_) => exit::INPUT,
@@ -310,11 +368,28 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             }
             Ok(code)
         }
+        Command::Sync(ref args) if args.creator.is_some() || args.organization.is_some() => {
+            pipeline::interrupt::listen();
+            let cfg = load_config(&cli)?;
+            let region = args
+                .region
+                .as_deref()
+                .map(|r| Region::resolve(r, cfg.region_spec(r).as_ref()))
+                .transpose()?;
+            let scope = Scope::new(args.creator.clone(), args.organization, args.since, args.until, region)?;
+            let store = store_for_sync(&cfg).await?;
+            let opts = ScopeOptions { refresh_older_than: args.refresh_older_than };
+            let summary = pipeline::scope::sync_scope(&cfg.sync_settings(), &store, &scope, opts).await?;
+            emit(&format!("{}\n", crate::summary::render_scope(&summary)))?;
+            Ok(exit::of_outcome(summary.outcome))
+        }
         Command::Sync(ref args) => {
             // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.
             pipeline::interrupt::listen();
             let cfg = load_config(&cli)?;
-            let region = Region::resolve(&args.region, cfg.region_spec(&args.region).as_ref())?;
+            // clap requires REGION without --creator/--organization.
+            let region_arg = args.region.as_deref().unwrap_or_default();
+            let region = Region::resolve(region_arg, cfg.region_spec(region_arg).as_ref())?;
             let tiles = region.tile_count(HARVEST_ZOOM);
             if tiles == 0 {
                 return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
@@ -338,17 +413,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                     region.name
                 )));
             }
-            // Before the run exists there is nothing to clean up: an interrupt ends at once (a
-            // migration in flight rolls back with the connection).
-            let store = tokio::select! {
-                biased;
-                _ = pipeline::interrupt::wait() => return Err(CliError::Interrupted),
-                store = async {
-                    let store = connect(&cfg).await?;
-                    store.migrate().await?;
-                    Ok::<_, CliError>(store)
-                } => store?,
-            };
+            let store = store_for_sync(&cfg).await?;
             let opts = SyncOptions {
                 refresh_older_than: args.refresh_older_than,
                 max_tiles: args.max_tiles,
@@ -360,6 +425,20 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             emit(&format!("{}\n", crate::summary::render(&summary)))?;
             Ok(exit::of_outcome(summary.outcome))
         }
+    }
+}
+
+/// The store a sync writes to, migrated. Before the run exists there is nothing to clean up: an
+/// interrupt ends at once (a migration in flight rolls back with the connection).
+async fn store_for_sync(cfg: &Config) -> Result<Store, CliError> {
+    tokio::select! {
+        biased;
+        _ = pipeline::interrupt::wait() => Err(CliError::Interrupted),
+        store = async {
+            let store = connect(cfg).await?;
+            store.migrate().await?;
+            Ok::<_, CliError>(store)
+        } => store,
     }
 }
 

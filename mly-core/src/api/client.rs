@@ -1,6 +1,9 @@
 //! The HTTP client: one retry loop shared by tiles and Graph calls, with classification,
 //! pacing, size caps and token scrubbing.
 
+// Paged and filtered image searches (scope harvests) use this module's retry loop.
+pub(super) mod paged;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use mly_contract::Secret;
 
 pub use client::ApiClient;
+pub use client::paged::{ImageFilter, Page};
 pub use error::ApiError;
 
 pub use mly_contract::api::{

@@ -10,14 +10,15 @@ use crate::store::Store;
 
 /// Two processes starting the same region at once must end up in one run, not two: the run
 /// key's advisory lock serialises them (the second finds the first's run and resumes it).
-const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7243901122))";
-const RESUMABLE_RUN: &str = "SELECT id FROM harvest_run WHERE run_key = $1 AND status IN ('running', 'partial', 'stopped') \
+pub(super) const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7243901122))";
+pub(super) const RESUMABLE_RUN: &str = "SELECT id FROM harvest_run WHERE run_key = $1 AND status IN ('running', 'partial', 'stopped') \
      ORDER BY id DESC LIMIT 1";
 /// On resume, failed tiles get their attempts back: the same command retries only those.
 const RETRY_FAILED: &str = "UPDATE harvest_tile SET state = 'pending', attempts = 0, empty_reads = 0, not_before = NULL, \
      lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE run_id = $1 AND state = 'failed'";
-const REOPEN_RUN: &str = "UPDATE harvest_run SET status = 'running', finished_at = NULL WHERE id = $1";
-const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total) \
+pub(super) const REOPEN_RUN: &str =
+    "UPDATE harvest_run SET status = 'running', finished_at = NULL WHERE id = $1";
+pub(super) const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total) \
      VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', $5) \
      RETURNING id";
 /// A temp stage absorbs duplicate planned tiles, which would abort a direct COPY.

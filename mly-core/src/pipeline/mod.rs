@@ -20,6 +20,7 @@ mod outcome;
 pub mod plan;
 mod progress;
 mod run;
+pub mod scope;
 mod tile;
 pub mod trace;
 mod within;
