@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use mly_contract::tiles::HARVEST_ZOOM;
 use mly_core::jobs::{self, JobsError};
-use mly_core::pipeline::scope::{Scope, ScopeOptions};
 use mly_core::pipeline::{self, PipelineError, SyncOptions, plan};
 use mly_core::region::{Region, RegionError};
 use mly_core::store::{Store, StoreError};
@@ -95,27 +94,6 @@ pub enum Command {
     Doctor(crate::ops::doctor::DoctorArgs),
 }
 
-/// Parses `--since`: a day (from its start, UTC) or an RFC 3339 time, as ms since the epoch.
-fn parse_since(s: &str) -> Result<i64, String> {
-    parse_day_or_time(s, false)
-}
-
-/// Parses `--until`: a day (to its end, UTC, inclusive) or an RFC 3339 time.
-fn parse_until(s: &str) -> Result<i64, String> {
-    parse_day_or_time(s, true)
-}
-
-fn parse_day_or_time(s: &str, end_of_day: bool) -> Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
-        return Ok(t.timestamp_millis());
-    }
-    let day = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .map_err(|_| format!("{s:?} is not a date YYYY-MM-DD or an RFC 3339 time (2024-05-01T12:00:00Z)"))?;
-    let start =
-        day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).ok_or("date out of range")?;
-    Ok(if end_of_day { start + 86_400_000 - 1 } else { start })
-}
-
 /// `sync` options.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("owner").args(["creator", "organization"]).multiple(true)))]
@@ -132,10 +110,10 @@ pub struct SyncArgs {
     #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
     pub organization: Option<i64>,
     /// With --creator/--organization: only images captured on or after DATE (YYYY-MM-DD, UTC, or an RFC 3339 time).
-    #[arg(long, value_name = "DATE", value_parser = parse_since, requires = "owner")]
+    #[arg(long, value_name = "DATE", value_parser = crate::scope::parse_since, requires = "owner")]
     pub since: Option<i64>,
     /// With --creator/--organization: only images captured on or before DATE (the whole day).
-    #[arg(long, value_name = "DATE", value_parser = parse_until, requires = "owner")]
+    #[arg(long, value_name = "DATE", value_parser = crate::scope::parse_until, requires = "owner")]
     pub until: Option<i64>,
     /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
     #[arg(long)]
@@ -371,17 +349,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
         Command::Sync(ref args) if args.creator.is_some() || args.organization.is_some() => {
             pipeline::interrupt::listen();
             let cfg = load_config(&cli)?;
-            let region = args
-                .region
-                .as_deref()
-                .map(|r| Region::resolve(r, cfg.region_spec(r).as_ref()))
-                .transpose()?;
-            let scope = Scope::new(args.creator.clone(), args.organization, args.since, args.until, region)?;
-            let store = store_for_sync(&cfg).await?;
-            let opts = ScopeOptions { refresh_older_than: args.refresh_older_than };
-            let summary = pipeline::scope::sync_scope(&cfg.sync_settings(), &store, &scope, opts).await?;
-            emit(&format!("{}\n", crate::summary::render_scope(&summary)))?;
-            Ok(exit::of_outcome(summary.outcome))
+            crate::scope::sync(args, &cfg).await
         }
         Command::Sync(ref args) => {
             // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.
@@ -430,7 +398,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
 
 /// The store a sync writes to, migrated. Before the run exists there is nothing to clean up: an
 /// interrupt ends at once (a migration in flight rolls back with the connection).
-async fn store_for_sync(cfg: &Config) -> Result<Store, CliError> {
+pub(crate) async fn store_for_sync(cfg: &Config) -> Result<Store, CliError> {
     tokio::select! {
         biased;
         _ = pipeline::interrupt::wait() => Err(CliError::Interrupted),
@@ -467,21 +435,28 @@ async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
 }
 
 async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
-    /// One run and its tile counts, as `status --json` prints it.
+    /// One run and its tile counts (or, for a creator or organization, its listing), as
+    /// `status --json` prints it.
     #[derive(serde::Serialize)]
     struct RunStatus {
         run: jobs::RunInfo,
         tiles: Vec<jobs::TileCount>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<jobs::scopes::ScopeStatus>,
     }
     let runs = jobs::runs(store, 20).await?;
     let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
     if let (Some(id), true) = (args.run, runs.is_empty()) {
         return Err(CliError::Input(format!("no run with id {id}")));
     }
+    let mut scopes =
+        jobs::scopes::scope_statuses(store, &runs.iter().map(|r| jobs::RunId(r.id)).collect::<Vec<_>>())
+            .await?;
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         let tiles = jobs::run_tiles(store, jobs::RunId(run.id)).await?;
-        out.push(RunStatus { run, tiles });
+        let scope = scopes.remove(&jobs::RunId(run.id));
+        out.push(RunStatus { run, tiles, scope });
     }
     let mut text = String::new();
     if args.json {
@@ -490,8 +465,26 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
         text.push_str("no runs yet\n");
     } else {
         use std::fmt::Write as _;
-        for RunStatus { run: r, tiles } in &out {
+        for RunStatus { run: r, tiles, scope } in &out {
             // Writing into a String cannot fail.
+            if let Some(s) = scope {
+                let _ = writeln!(
+                    text,
+                    "run {} {} [{}] started {}{}: {:?} pass, {}, {} pages, {} images listed, {} kept, newest capture {}",
+                    r.id,
+                    printable(&r.region_name),
+                    r.status,
+                    r.started_at,
+                    r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
+                    s.pass,
+                    s.phase,
+                    s.pages,
+                    s.listed,
+                    s.kept,
+                    s.newest_captured_at.as_deref().unwrap_or("none")
+                );
+                continue;
+            }
             let _ = writeln!(
                 text,
                 "run {} {} [{}] started {}{}: {}/{} tiles done, {} failed, {} pending, {} leased",

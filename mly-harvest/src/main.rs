@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod exit;
 mod ops;
+mod scope;
 mod summary;
 
 use cli::{Cli, LogFormat};

@@ -211,9 +211,11 @@ fn epoch_story(sims: [(&Sim, &Path); 2], creator: &str, late_expected: bool) {
     let missed: BTreeSet<i64> = now.keys().filter(|id| !stored.contains(id)).copied().collect();
     assert_eq!(missed, late, "the incremental pass misses exactly the uploads of older captures");
     eprintln!(
-        "{creator} at epoch 1: {} recent uploads found, {} late uploads of old captures missed",
+        "{creator} at epoch 1: {} recent uploads found, {} late uploads of old captures missed; {} requests ({} feature searches)",
         recent.len(),
-        late.len()
+        late.len(),
+        requests(log1, from, "/"),
+        requests(log1, from, FEATURE_SEARCH)
     );
 
     // A complete pass: the stored live images are exactly the listing, and the tombstones are
@@ -264,8 +266,11 @@ fn a_second_run_costs_only_the_newer_pages_and_finds_the_next_epochs_upload() {
     epoch_story(sims, &top(false).expect("an upload of an old capture in the core at epoch 1"), true);
 }
 
+/// When a kill is due, judged from the database.
+type Ready = dyn Fn(&str) -> bool;
+
 /// Kills the harvester with SIGKILL once `ready(db)` holds (or after `at_most`).
-fn killed_when(sim: &Sim, db: &str, args: &[&str], at_most: Duration, ready: &dyn Fn(&str) -> bool) -> bool {
+fn killed_when(sim: &Sim, db: &str, args: &[&str], at_most: Duration, ready: &Ready) -> bool {
     let mut c = Command::new(bin());
     c.args(args).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("MAPILLARY_ACCESS_TOKEN");
     for (k, v) in harvest_env(sim, db) {
@@ -326,12 +331,33 @@ fn sigkill_mid_run_then_rerun_gives_the_tables_of_an_uninterrupted_run() {
     let seed: u64 = std::env::var("SCOPE_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261208);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut kills = 0;
-    let points: Vec<Box<dyn Fn(&str) -> bool>> = vec![
+    let points: Vec<Box<Ready>> = vec![
         Box::new(|db| progress(db).is_some_and(|(_, p, _)| p >= 1)),
         Box::new(move |db| progress(db).is_some_and(|(_, p, _)| p >= pages - 1)),
         Box::new(|db| progress(db).is_some_and(|(ph, _, c)| ph == "features" && c >= 3)),
         Box::new(|db| progress(db).is_some_and(|(ph, _, c)| ph == "features" && c >= 20)),
     ];
+    // A clean stop first: SIGTERM mid-listing ends with 130, the run `stopped`, the lease given back.
+    let mut c = Command::new(bin());
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("MAPILLARY_ACCESS_TOKEN");
+    for (k, v) in harvest_env(&sim, &db) {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !progress(&db).is_some_and(|(_, p, _)| p >= 1) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "SIGTERM ends a scope run with 130");
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT r.status || ' ' || (s.lease_owner IS NULL) FROM mapillary.harvest_run r JOIN mapillary.harvest_scope s ON s.run_id = r.id"
+        ),
+        "stopped true"
+    );
     for ready in &points {
         if killed_when(&sim, &db, &args, Duration::from_secs(120), ready.as_ref()) {
             kills += 1;

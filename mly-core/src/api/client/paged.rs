@@ -128,6 +128,15 @@ impl ApiClient {
                         |m: String| ApiError::Decode { context: context.clone(), message: self.scrub(&m) };
                     let items = graph::parse_collection(&v, graph::parse_image).map_err(decode)?;
                     let next = next_cursor(&v).map_err(decode)?;
+                    // The cursor is stored in the job table: one that held a secret would put it
+                    // in the database (§13.8 says it holds none; this keeps it so).
+                    if let Some(c) = &next
+                        && self.scrub(c) != *c
+                    {
+                        return Err(decode(
+                            "the next page's cursor holds a token; refusing to store it".into(),
+                        ));
+                    }
                     return Ok(Page { items, next });
                 }
                 // A page the service will not fill is asked for in smaller pages (the cursor

@@ -44,6 +44,11 @@ const RENEW: &str = "UPDATE harvest_scope SET lease_expires_at = now() + $3 * in
      WHERE run_id = $1 AND lease_owner = $2";
 const RELEASE: &str = "UPDATE harvest_scope SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
      WHERE run_id = $1 AND lease_owner = $2";
+/// Whether the schema has the scope tables (`status` reads schemas older than them too).
+const HAS_SCOPES: &str = "SELECT to_regclass('harvest_scope') IS NOT NULL";
+const STATUSES: &str = "SELECT run_id, pass, phase, pages, listed, kept, \
+     to_char(newest_captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+     FROM harvest_scope WHERE run_id = ANY($1)";
 const FINISH: &str = "UPDATE harvest_run SET status = $2, finished_at = now(), counters = $3 WHERE id = $1";
 const FORGET_SEEN: &str = "DELETE FROM harvest_scope_seen WHERE run_id = $1";
 const FORGET_CELLS: &str = "DELETE FROM harvest_scope_cell WHERE run_id = $1";
@@ -158,6 +163,51 @@ pub struct ScopeStart<'a> {
 
 fn f64_ms(ms: Option<i64>) -> Option<f64> {
     ms.map(|m| m as f64)
+}
+
+/// A scope run as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScopeStatus {
+    pub pass: Pass,
+    pub phase: Phase,
+    /// Pages (or cells) committed.
+    pub pages: i32,
+    /// Images the pages listed.
+    pub listed: i32,
+    /// Of them, stored (in the region and window).
+    pub kept: i32,
+    /// Newest capture listed (UTC), where the next incremental pass starts.
+    pub newest_captured_at: Option<String>,
+}
+
+/// The scope state of those of `runs` that are scope runs.
+pub async fn scope_statuses(
+    store: &Store,
+    runs: &[RunId],
+) -> Result<std::collections::HashMap<RunId, ScopeStatus>, JobsError> {
+    let has: bool =
+        sqlx::query_scalar(HAS_SCOPES).fetch_one(store.pool()).await.map_err(q("looking for scope runs"))?;
+    if !has || runs.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+    /// (run, pass, phase, pages, listed, kept, newest capture).
+    type Row = (i64, String, String, i32, i32, i32, Option<String>);
+    let rows: Vec<Row> =
+        sqlx::query_as(STATUSES).bind(&ids).fetch_all(store.pool()).await.map_err(q("reading scope runs"))?;
+    rows.into_iter()
+        .map(|(run, pass, phase, pages, listed, kept, newest)| {
+            let s = ScopeStatus {
+                pass: Pass::parse(&pass)?,
+                phase: Phase::parse(&phase)?,
+                pages,
+                listed,
+                kept,
+                newest_captured_at: newest,
+            };
+            Ok((RunId(run), s))
+        })
+        .collect()
 }
 
 /// Resumes the unfinished run of this scope, or starts a pass: complete when none finished

@@ -16,9 +16,12 @@ pub mod plan;
 mod run;
 mod vanished;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::ProcessCounters;
 use super::outcome::TileFailure;
+use super::trace::RunTrace;
 use super::{Outcome, PipelineError};
 use crate::api::{ApiCounters, ApiError};
 use crate::jobs::scopes::Pass;
@@ -33,6 +36,8 @@ pub use run::sync_scope;
 pub struct ScopeOptions {
     /// Make a complete pass when the last one finished longer ago than this.
     pub refresh_older_than: Option<Duration>,
+    /// Receives the run's counters however the run ends (for the metrics file).
+    pub trace: Option<Arc<RunTrace>>,
 }
 
 /// What this process did in a scope run.
@@ -57,6 +62,21 @@ pub struct ScopeProcess {
 }
 
 impl ScopeProcess {
+    /// The figures in the terms of an area run (for the metrics file): records written, new,
+    /// changed and deleted; every stored record was described by the Graph API.
+    pub fn as_process_counters(&self) -> ProcessCounters {
+        let w = &self.writes;
+        ProcessCounters {
+            images: self.kept,
+            features: self.features,
+            new: w.images_new + w.images_revived + w.features_new + w.features_revived,
+            changed: w.images_changed + w.features_changed,
+            deleted: w.images_deleted + w.features_deleted,
+            enriched: self.kept + self.features,
+            ..ProcessCounters::default()
+        }
+    }
+
     fn add(&mut self, c: &ScopeCounts) {
         let w = &mut self.writes;
         w.images_new += c.images_new;

@@ -94,6 +94,9 @@ pub async fn sync_scope(
         // The renewer only returns; a panic in it is already reported by the panic hook.
         let _ = renewer.await;
         scopes::release_scope(store, run, &owner).await?;
+        if let Some(t) = &opts.trace {
+            t.record(run.0, api.counters(), d.process.as_process_counters());
+        }
         let done = matches!(ended, Ok(true));
         let stored = serde_json::json!({ "requests": api.counters(), "process": d.process });
         scopes::finish_scope(store, run, done, &stored).await?;
