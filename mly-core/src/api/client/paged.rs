@@ -47,7 +47,7 @@ fn iso_seconds(secs: i64) -> Option<String> {
 impl ImageFilter {
     /// Appends the filter's parameters. The window is widened to whole seconds (start rounded
     /// down, end up), so the answer holds at least the window: callers filter it exactly.
-    fn append(&self, url: &mut Url) {
+    pub(super) fn append(&self, url: &mut Url) {
         let mut q = url.query_pairs_mut();
         if let Some(c) = &self.creator_username {
             q.append_pair("creator_username", c);
@@ -158,35 +158,8 @@ impl ApiClient {
         bbox: &Bbox,
         filter: &ImageFilter,
     ) -> Result<Search<ImageDetails>, ApiError> {
-        let mut all = Vec::new();
-        // The API takes west < east only; a box across the antimeridian is two searches.
-        for part in bbox.split_antimeridian() {
-            let context =
-                format!("while searching the images of {} in bbox {}", filter.describe(), part.to_query());
-            let mut url = self.url(&self.inner.graph, "images")?;
-            url.query_pairs_mut().append_pair("bbox", &part.to_query());
-            filter.append(&mut url);
-            url.query_pairs_mut()
-                .append_pair("fields", IMAGE_FIELDS)
-                .append_pair("limit", &SEARCH_LIMIT.to_string());
-            match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {
-                Reply::Ok { body, .. } => {
-                    let v = json(&body, &context)?;
-                    let items = graph::parse_collection(&v, graph::parse_image).map_err(|m| {
-                        ApiError::Decode { context: context.clone(), message: self.scrub(&m) }
-                    })?;
-                    if items.len() >= SEARCH_LIMIT {
-                        return Ok(Search::TooMuch);
-                    }
-                    all.extend(items);
-                }
-                Reply::Refused { class: Class::TooMuch(_) | Class::Timeout(_), .. } => {
-                    return Ok(Search::TooMuch);
-                }
-                Reply::Refused { status, class } => return Err(self.refusal(&context, status, class)),
-            }
-        }
-        Ok(Search::Complete(all))
+        let what = format!("the images of {}", filter.describe());
+        self.search("images", &what, IMAGE_FIELDS, bbox, graph::parse_image, Some(filter)).await
     }
 }
 

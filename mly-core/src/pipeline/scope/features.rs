@@ -11,15 +11,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use futures::StreamExt;
-
+use super::ScopeFailure;
 use super::plan::Keep;
-use super::{ScopeFailure, cancellable};
-use crate::api::{ApiClient, Search};
+use super::quadtree::search_split;
+use crate::api::ApiClient;
 use crate::model::MapFeatureDetails;
 use crate::store::ScopeFeature;
 use mly_contract::FeatureKind;
-use mly_contract::tiles::{MAX_ENRICH_ZOOM, MAX_LAT, TileId};
+use mly_contract::tiles::{MAX_LAT, TileId};
 
 /// How far from an image a feature seen in it may stand: the cells within this distance of an
 /// image are searched. Mapillary places a feature from its detections, a few to some tens of
@@ -27,8 +26,6 @@ use mly_contract::tiles::{MAX_ENRICH_ZOOM, MAX_LAT, TileId};
 const SIGHT_M: f64 = 100.0;
 /// Metres per degree of latitude.
 const M_PER_DEG: f64 = 111_320.0;
-/// Searches of one cell's quadtree in flight at once.
-const SEARCH_PARALLELISM: usize = 4;
 /// The zoom of the cells searched first (split where one holds more than an answer).
 pub(crate) const CELL_ZOOM: u8 = 12;
 
@@ -38,8 +35,18 @@ pub(crate) fn cells_around(positions: impl IntoIterator<Item = (f64, f64)>) -> V
     for (lon, lat) in positions {
         let dlat = SIGHT_M / M_PER_DEG;
         let dlon = dlat / lat.to_radians().cos().max(0.01);
-        let nw = TileId::containing(CELL_ZOOM, lon - dlon, (lat + dlat).min(MAX_LAT));
-        let se = TileId::containing(CELL_ZOOM, lon + dlon, (lat - dlat).max(-MAX_LAT));
+        // Longitudes past ±180 continue on the other side of the antimeridian.
+        let wrap = |l: f64| {
+            if l > 180.0 {
+                l - 360.0
+            } else if l < -180.0 {
+                l + 360.0
+            } else {
+                l
+            }
+        };
+        let nw = TileId::containing(CELL_ZOOM, wrap(lon - dlon), (lat + dlat).min(MAX_LAT));
+        let se = TileId::containing(CELL_ZOOM, wrap(lon + dlon), (lat - dlat).max(-MAX_LAT));
         let n = 1u32 << CELL_ZOOM;
         // Across the antimeridian the west corner's x is larger than the east one's.
         let xs: Vec<u32> =
@@ -58,25 +65,10 @@ pub(crate) async fn search_cell(
     api: &ApiClient,
     cell: TileId,
 ) -> Result<Vec<MapFeatureDetails>, ScopeFailure> {
-    let mut found: HashMap<i64, MapFeatureDetails> = HashMap::new();
-    let mut cells = vec![cell];
-    while !cells.is_empty() {
-        let results: Vec<(TileId, _)> = futures::stream::iter(cells.drain(..))
-            .map(|c| async move { (c, cancellable(api.search_map_features(&c.bounds())).await) })
-            .buffer_unordered(SEARCH_PARALLELISM)
-            .collect()
-            .await;
-        let mut next = Vec::new();
-        for (c, r) in results {
-            match r? {
-                Search::Complete(items) => found.extend(items.into_iter().map(|f| (f.id.0, f))),
-                Search::TooMuch if c.z < MAX_ENRICH_ZOOM => next.extend(c.children()),
-                Search::TooMuch => return Err(ScopeFailure::TooDense(c)),
-            }
-        }
-        cells = next;
-    }
-    let mut out: Vec<MapFeatureDetails> = found.into_values().collect();
+    let found = search_split(cell, |c| async move { api.search_map_features(&c.bounds()).await }).await?;
+    // Quarters do not overlap, but the service may list a feature on a quarter's edge twice.
+    let by_id: HashMap<i64, MapFeatureDetails> = found.into_iter().map(|f| (f.id.0, f)).collect();
+    let mut out: Vec<MapFeatureDetails> = by_id.into_values().collect();
     out.sort_unstable_by_key(|f| f.id);
     Ok(out)
 }

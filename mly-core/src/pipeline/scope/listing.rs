@@ -2,17 +2,13 @@
 //! asks for the page after the stored cursor; an organization alone searches the next z14 cell
 //! of its region with its filter (a cell with more than a search answers is split, down to z18).
 
-use futures::StreamExt;
-
 use super::plan::Source;
+use super::quadtree::search_split;
 use super::{ScopeFailure, cancellable};
-use crate::api::{ApiClient, ImageFilter, Search};
+use crate::api::{ApiClient, ImageFilter};
 use crate::jobs::scopes::Position;
 use crate::model::ImageDetails;
-use mly_contract::tiles::{MAX_ENRICH_ZOOM, TileId};
-
-/// Searches of one cell's quadtree in flight at once.
-const SEARCH_PARALLELISM: usize = 4;
+use mly_contract::tiles::TileId;
 
 /// One page of the listing.
 pub(crate) struct Listed {
@@ -55,26 +51,8 @@ async fn search_cell(
     cell: TileId,
     filter: &ImageFilter,
 ) -> Result<Vec<ImageDetails>, ScopeFailure> {
-    let mut found = Vec::new();
-    let mut cells = vec![cell];
-    while !cells.is_empty() {
-        let results: Vec<(TileId, _)> = futures::stream::iter(cells.drain(..))
-            .map(|c| async move { (c, cancellable(api.search_images_filtered(&c.bounds(), filter)).await) })
-            .buffer_unordered(SEARCH_PARALLELISM)
-            .collect()
-            .await;
-        let mut next = Vec::new();
-        for (c, r) in results {
-            match r? {
-                Search::Complete(items) => found.extend(items),
-                Search::TooMuch if c.z < MAX_ENRICH_ZOOM => next.extend(c.children()),
-                Search::TooMuch => return Err(ScopeFailure::TooDense(c)),
-            }
-        }
-        // Children in a stable order: the page's rows do not depend on answer order.
-        next.sort_unstable();
-        cells = next;
-    }
+    let mut found =
+        search_split(cell, |c| async move { api.search_images_filtered(&c.bounds(), filter).await }).await?;
     // The tile pixel grid puts every image in exactly one cell; sorted for a stable write.
     found.sort_unstable_by_key(|d| d.id);
     found.dedup_by_key(|d| d.id);

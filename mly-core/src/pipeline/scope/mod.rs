@@ -13,6 +13,7 @@ mod commit;
 mod features;
 mod listing;
 pub mod plan;
+mod quadtree;
 mod run;
 mod vanished;
 

@@ -18,6 +18,7 @@ use super::sql::{
     COPY_STAGE_FEATURES, COPY_STAGE_IMAGES, CREATE_STAGE_FEATURES, CREATE_STAGE_IMAGES, CREATE_STAGE_LINKS,
     INSERT_LINKS,
 };
+use super::sql::{image_fields_kept_when_absent, upserted_image_columns};
 use super::{copy, rebuild_sequences};
 use crate::api::ImageFilter;
 use crate::model::{ImageDetails, MapFeatureDetails};
@@ -45,25 +46,23 @@ const SCOPE_IMAGES_AMONG: &str =
 
 /// Scope rows, upserted from `stage_img`. Fields the tile upsert keeps when a Graph answer lacks
 /// them are kept here too, so a creator harvest and an area harvest store the same rows.
-const UPSERT_IMAGES: &str = "
+const UPSERT_IMAGES: &str = concat!(
+    "
 WITH old AS (
     SELECT i.id, i.deleted_at IS NOT NULL AS dead, i.sequence_id FROM images i
     WHERE i.id IN (SELECT id FROM stage_img)
 ), up AS (
-    INSERT INTO images AS i (id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
-        creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
-        computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at)
-    SELECT DISTINCT ON (id) id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
-        creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
-        computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at
+    INSERT INTO images AS i (",
+    upserted_image_columns!(),
+    ")
+    SELECT DISTINCT ON (id) ",
+    upserted_image_columns!(),
+    "
     FROM stage_img ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
-        sequence_id = COALESCE(EXCLUDED.sequence_id, i.sequence_id),
-        captured_at = COALESCE(EXCLUDED.captured_at, i.captured_at),
-        compass_angle = COALESCE(EXCLUDED.compass_angle, i.compass_angle),
-        is_pano = COALESCE(EXCLUDED.is_pano, i.is_pano),
-        creator_id = COALESCE(EXCLUDED.creator_id, i.creator_id),
-        organization_id = COALESCE(EXCLUDED.organization_id, i.organization_id),
+        ",
+    image_fields_kept_when_absent!(),
+    ",
         computed_compass_angle = EXCLUDED.computed_compass_angle, creator_username = EXCLUDED.creator_username,
         camera_type = EXCLUDED.camera_type, make = EXCLUDED.make, model = EXCLUDED.model,
         width = EXCLUDED.width, height = EXCLUDED.height, altitude = EXCLUDED.altitude,
@@ -93,7 +92,8 @@ SELECT count(*) FILTER (WHERE o.id IS NULL),
        COALESCE(array_agg(DISTINCT up.sequence_id) FILTER (WHERE up.sequence_id IS NOT NULL), '{}')
          || COALESCE(array_agg(DISTINCT o.sequence_id) FILTER (WHERE o.sequence_id IS NOT NULL), '{}'),
        COALESCE(array_agg(up.id ORDER BY up.id), '{}')
-FROM up LEFT JOIN old o ON o.id = up.id";
+FROM up LEFT JOIN old o ON o.id = up.id"
+);
 
 /// Map features from Graph answers, upserted from `stage_feat` (the first-seen/last-seen times
 /// and value kept when an answer lacks them, as the tile upsert does).
