@@ -119,6 +119,8 @@ pub struct SyncArgs {
     #[arg(long)]
     pub yes: bool,
     /// Re-enrich records enriched longer ago than this (e.g. 30d, at most 100 years), within the quota.
+    /// With --creator/--organization: a complete pass (everything listed again, deletions checked)
+    /// when the last one finished longer ago than this; 0s makes one now.
     #[arg(long, value_parser = parse_age)]
     pub refresh_older_than: Option<Duration>,
     /// Stop after this many tiles (for trying things out); the run resumes later.
