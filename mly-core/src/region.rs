@@ -1,5 +1,8 @@
-//! Regions: a config region name, a `west,south,east,north` bbox, or a GeoJSON (Multi)Polygon file
-//! (bare geometry, Feature or FeatureCollection), validated and turned into a lon/lat shape.
+//! Regions: a config region name, a `west,south,east,north` bbox, a point with a radius
+//! (`lon,lat@200m`, see [`point`]), or a GeoJSON (Multi)Polygon file (bare geometry, Feature or
+//! FeatureCollection), validated and turned into a lon/lat shape.
+
+pub mod point;
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +12,7 @@ use geo_types::{Coord, Geometry, LineString, MultiPolygon, Polygon};
 use crate::cover;
 use mly_contract::hash::fnv1a;
 use mly_contract::tiles::{Bbox, MAX_LAT, TileError, TileId};
+pub use point::{Circle, PointError};
 
 /// GeoJSON files larger than this are refused before parsing.
 pub const MAX_GEOJSON_BYTES: u64 = 64 * 1024 * 1024;
@@ -26,6 +30,8 @@ pub enum RegionError {
     Bbox { name: String, source: TileError },
     #[error("region file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("region {name:?}: {source}")]
+    Point { name: String, source: PointError },
 }
 
 /// A region to harvest: its shape in lon/lat (EPSG:4326) and its envelope.
@@ -37,6 +43,8 @@ pub struct Region {
     pub shape: MultiPolygon<f64>,
     /// A canonical description used to recognise the same region on resume.
     pub key: String,
+    /// A point region's circle: only records inside it are kept (`shape` is a polygon around it).
+    pub circle: Option<Circle>,
 }
 
 /// A region as the config defines it under a name (`[regions.NAME]`).
@@ -46,20 +54,26 @@ pub enum RegionSpec {
     Bbox(String),
     /// `geojson = "path/to/file.geojson"`.
     GeoJson(PathBuf),
+    /// `point = "lon,lat@radius"`.
+    Point(String),
 }
 
 impl Region {
     /// Resolves REGION: the named region `named` (the config's definition of `arg`, if it has
-    /// one) first, then an existing GeoJSON file, then a bbox.
+    /// one) first, then an existing GeoJSON file, then a point (`lon,lat@radius`), then a bbox.
     pub fn resolve(arg: &str, named: Option<&RegionSpec>) -> Result<Region, RegionError> {
         match named {
             Some(RegionSpec::Bbox(b)) => return Region::from_bbox_text(arg, b),
             Some(RegionSpec::GeoJson(p)) => return Region::from_geojson_file(arg, p),
+            Some(RegionSpec::Point(p)) => return Region::from_point_text(arg, p),
             None => {}
         }
         let path = Path::new(arg);
         if path.exists() {
             return Region::from_geojson_file(arg, path);
+        }
+        if arg.contains('@') {
+            return Region::from_point_text(arg, arg);
         }
         if arg.contains(',') {
             return Region::from_bbox_text(arg, arg);
@@ -75,7 +89,19 @@ impl Region {
 
     /// A region from a validated bbox.
     pub fn from_bbox(name: &str, b: Bbox) -> Region {
-        Region { name: name.to_string(), shape: b.to_multipolygon(), key: format!("bbox:{}", b.to_query()) }
+        Region {
+            name: name.to_string(),
+            shape: b.to_multipolygon(),
+            key: format!("bbox:{}", b.to_query()),
+            circle: None,
+        }
+    }
+
+    /// A point region from `lon,lat@radius` text.
+    pub fn from_point_text(name: &str, text: &str) -> Result<Region, RegionError> {
+        let c =
+            Circle::parse(text).map_err(|source| RegionError::Point { name: name.to_string(), source })?;
+        Ok(Region { name: name.to_string(), shape: c.polygon(), key: c.key(), circle: Some(c) })
     }
 
     /// A region from a GeoJSON file.
@@ -85,17 +111,32 @@ impl Region {
         let text = crate::io::read_capped(path, MAX_GEOJSON_BYTES).map_err(|e| err(e.to_string()))?;
         let shape = parse_geojson(&text).map_err(err)?;
         let key = format!("geojson:{:016x}", fnv1a(format!("{:?}", shape.0).as_bytes()));
-        Ok(Region { name: name.to_string(), shape, key })
+        Ok(Region { name: name.to_string(), shape, key, circle: None })
     }
 
-    /// z14 (or any zoom) tiles intersecting the region's shape.
+    /// z14 (or any zoom) tiles intersecting the region's shape (a point region: the tiles its
+    /// circle touches).
     pub fn tiles(&self, z: u8) -> Vec<TileId> {
-        cover::cover(&self.shape, z)
+        let mut tiles = cover::cover(&self.shape, z);
+        if let Some(c) = &self.circle {
+            tiles.retain(|t| c.touches(*t));
+        }
+        tiles
     }
 
-    /// How many tiles `tiles` would return, without listing them.
+    /// How many tiles `tiles` would return (without listing them, except for a point region,
+    /// whose at most ~5,000 tiles are listed and tested against the circle).
     pub fn tile_count(&self, z: u8) -> u64 {
-        cover::count_cover(&self.shape, z)
+        match self.circle {
+            Some(_) => self.tiles(z).len() as u64,
+            None => cover::count_cover(&self.shape, z),
+        }
+    }
+
+    /// Whether a record at (`lon`, `lat`) belongs to the region's harvest when it lies in one of
+    /// the region's tiles: always, except outside a point region's circle.
+    pub fn keeps(&self, lon: f64, lat: f64) -> bool {
+        self.circle.is_none_or(|c| c.contains(lon, lat))
     }
 
     /// The region's envelope (of all parts).
@@ -249,7 +290,7 @@ mod tests {
         let fiji = r#"{"type":"Polygon","coordinates":[[[179.9,-16.9],[-179.9,-16.9],[-179.9,-16.7],[179.9,-16.7],[179.9,-16.9]]]}"#;
         let mp = parse_geojson(fiji).unwrap();
         assert_eq!(mp.0.len(), 2, "{mp:?}");
-        let r = Region { name: "fiji".into(), shape: mp, key: String::new() };
+        let r = Region { name: "fiji".into(), shape: mp, key: String::new(), circle: None };
         let n = r.tile_count(14);
         // 0.2° x 0.2° at z14 (0.022° per tile): about 10 x 10 tiles, not 163,760.
         assert!((50..=200).contains(&n), "{n} tiles");

@@ -98,14 +98,31 @@ pub enum Command {
 
 /// `sync` options.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("owner").args(["creator", "organization"]).multiple(true)))]
 pub struct SyncArgs {
-    /// A config region name, 'west,south,east,north', or a GeoJSON file.
-    #[arg(allow_hyphen_values = true)]
-    pub region: String,
+    /// A config region name, 'west,south,east,north', 'lon,lat@radius' (m or km, e.g.
+    /// 13.0,55.6@200m), or a GeoJSON file. With --creator/--organization: only their records in it.
+    #[arg(allow_hyphen_values = true, required_unless_present = "owner")]
+    pub region: Option<String>,
+    /// Harvest every image of this Mapillary user (and the map features seen in them) through
+    /// the Graph API's paged search instead of tiles; with REGION, only those in it.
+    #[arg(long, value_name = "USERNAME")]
+    pub creator: Option<String>,
+    /// Harvest the images of this Mapillary organization (id); without --creator it needs a REGION.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub organization: Option<i64>,
+    /// With --creator/--organization: only images captured on or after DATE (YYYY-MM-DD, UTC, or an RFC 3339 time).
+    #[arg(long, value_name = "DATE", value_parser = crate::scope::parse_since, requires = "owner")]
+    pub since: Option<i64>,
+    /// With --creator/--organization: only images captured on or before DATE (the whole day).
+    #[arg(long, value_name = "DATE", value_parser = crate::scope::parse_until, requires = "owner")]
+    pub until: Option<i64>,
     /// Confirm a region larger than harvest.max_tiles_without_confirm tiles.
     #[arg(long)]
     pub yes: bool,
     /// Re-enrich records enriched longer ago than this (e.g. 30d, at most 100 years), within the quota.
+    /// With --creator/--organization: a complete pass (everything listed again, deletions checked)
+    /// when the last one finished longer ago than this; 0s makes one now.
     #[arg(long, value_parser = parse_age)]
     pub refresh_older_than: Option<Duration>,
     /// Re-read every harvested tile at least this often, a slice each night (default 7d); tiles
@@ -113,7 +130,7 @@ pub struct SyncArgs {
     #[arg(long, value_parser = parse_age)]
     pub refresh_tiles_older_than: Option<Duration>,
     /// Stop after this many tiles (for trying things out); the run resumes later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TILES_PER_RUN), conflicts_with = "owner")]
     pub max_tiles: Option<u64>,
     /// The UTC day the tile budget is counted against (default: today). For tests and backfills.
     #[arg(long, hide = true)]
@@ -129,6 +146,24 @@ pub struct SyncArgs {
     /// Filled by the run for the metrics file.
     #[arg(skip)]
     pub trace: Option<std::sync::Arc<mly_core::pipeline::trace::RunTrace>>,
+}
+
+impl SyncArgs {
+    /// What the run harvests, as the metrics label it: the region, or the scope.
+    pub fn label(&self) -> String {
+        let mut who = Vec::new();
+        if let Some(c) = &self.creator {
+            who.push(format!("creator:{c}"));
+        }
+        if let Some(o) = self.organization {
+            who.push(format!("organization:{o}"));
+        }
+        match (who.is_empty(), &self.region) {
+            (true, r) => r.clone().unwrap_or_default(),
+            (false, Some(r)) => format!("{} in {r}", who.join("+")),
+            (false, None) => who.join("+"),
+        }
+    }
 }
 
 /// `plan` options.
@@ -164,6 +199,8 @@ pub enum CliError {
     Region(#[from] RegionError),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Scope(#[from] mly_core::pipeline::scope::ScopeError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -201,6 +238,7 @@ impl CliError {
             CliError::Config(ConfigError::Token) => exit::AUTH,
             CliError::Config(_) => exit::CONFIG,
             CliError::Region(_) | CliError::Input(_) => exit::INPUT,
+            CliError::Scope(_) => exit::USAGE,
             CliError::Store(_) | CliError::Jobs(_) => exit::DATABASE,
             CliError::Pipeline(e) => exit::of_pipeline_error(e),
             CliError::Simulator(_) => exit::INPUT,
@@ -331,11 +369,18 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             }
             Ok(code)
         }
+        Command::Sync(ref args) if args.creator.is_some() || args.organization.is_some() => {
+            pipeline::interrupt::listen();
+            let cfg = load_config(&cli)?;
+            crate::scope::sync(args, &cfg).await
+        }
         Command::Sync(ref args) => {
             // From here on SIGINT/SIGTERM stop the run cleanly instead of killing the process.
             pipeline::interrupt::listen();
             let cfg = load_config(&cli)?;
-            let region = Region::resolve(&args.region, cfg.region_spec(&args.region).as_ref())?;
+            // clap requires REGION without --creator/--organization.
+            let region_arg = args.region.as_deref().unwrap_or_default();
+            let region = Region::resolve(region_arg, cfg.region_spec(region_arg).as_ref())?;
             let tiles = region.tile_count(HARVEST_ZOOM);
             if tiles == 0 {
                 return Err(CliError::Input(format!("region {:?} covers no z14 tile", region.name)));
@@ -359,17 +404,7 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
                     region.name
                 )));
             }
-            // Before the run exists there is nothing to clean up: an interrupt ends at once (a
-            // migration in flight rolls back with the connection).
-            let store = tokio::select! {
-                biased;
-                _ = pipeline::interrupt::wait() => return Err(CliError::Interrupted),
-                store = async {
-                    let store = connect(&cfg).await?;
-                    store.migrate().await?;
-                    Ok::<_, CliError>(store)
-                } => store?,
-            };
+            let store = store_for_sync(&cfg).await?;
             let opts = SyncOptions {
                 refresh_older_than: args.refresh_older_than,
                 max_tiles: args.max_tiles,
@@ -382,6 +417,20 @@ async fn run_command(cli: Cli) -> Result<i32, CliError> {
             emit(&format!("{}\n", crate::summary::render(&summary)))?;
             Ok(exit::of_outcome(summary.outcome))
         }
+    }
+}
+
+/// The store a sync writes to, migrated. Before the run exists there is nothing to clean up: an
+/// interrupt ends at once (a migration in flight rolls back with the connection).
+pub(crate) async fn store_for_sync(cfg: &Config) -> Result<Store, CliError> {
+    tokio::select! {
+        biased;
+        _ = pipeline::interrupt::wait() => Err(CliError::Interrupted),
+        store = async {
+            let store = connect(cfg).await?;
+            store.migrate().await?;
+            Ok::<_, CliError>(store)
+        } => store,
     }
 }
 
@@ -410,13 +459,16 @@ async fn connect_read_only(cfg: &Config) -> Result<Store, CliError> {
 }
 
 async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
-    /// One run, its tile counts and its live workers, as `status --json` prints it.
+    /// One run, its tile counts (or, for a creator or organization, its listing) and its live
+    /// workers, as `status --json` prints it.
     #[derive(serde::Serialize)]
     struct RunStatus {
         run: jobs::RunInfo,
         tiles: Vec<jobs::TileCount>,
         /// None when the workers table could not be read.
         workers: Option<Vec<mly_core::workers::Worker>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<jobs::scopes::ScopeStatus>,
     }
     let runs = jobs::runs(store, 20).await?;
     let runs: Vec<_> = runs.into_iter().filter(|r| args.run.is_none_or(|id| r.id == id)).collect();
@@ -427,12 +479,16 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
     // Best effort like the block hint: a role granted SELECT before the table existed cannot
     // read it, and status still shows the runs (workers "unknown", null in JSON).
     let workers = mly_core::workers::live(store).await;
+    let mut scopes =
+        jobs::scopes::scope_statuses(store, &runs.iter().map(|r| jobs::RunId(r.id)).collect::<Vec<_>>())
+            .await?;
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         let tiles = jobs::run_tiles(store, jobs::RunId(run.id)).await?;
         let live =
             workers.as_ref().ok().map(|ws| ws.iter().filter(|w| w.run_id == run.id).cloned().collect());
-        out.push(RunStatus { run, tiles, workers: live });
+        let scope = scopes.remove(&jobs::RunId(run.id));
+        out.push(RunStatus { run, tiles, workers: live, scope });
     }
     let mut text = String::new();
     if args.json {
@@ -441,8 +497,26 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
         text.push_str("no runs yet\n");
     } else {
         use std::fmt::Write as _;
-        for RunStatus { run: r, tiles, workers: live } in &out {
+        for RunStatus { run: r, tiles, workers: live, scope } in &out {
             // Writing into a String cannot fail.
+            if let Some(s) = scope {
+                let _ = writeln!(
+                    text,
+                    "run {} {} [{}] started {}{}: {:?} pass, {}, {} pages, {} images listed, {} kept, newest capture {}",
+                    r.id,
+                    printable(&r.region_name),
+                    r.status,
+                    r.started_at,
+                    r.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default(),
+                    s.pass,
+                    s.phase,
+                    s.pages,
+                    s.listed,
+                    s.kept,
+                    s.newest_captured_at.as_deref().unwrap_or("none")
+                );
+                continue;
+            }
             let _ = writeln!(
                 text,
                 "run {} {} [{}] started {}{}: {}/{} tiles done, {} skipped, {} failed, {} pending, {} leased",

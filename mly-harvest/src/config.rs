@@ -61,11 +61,12 @@ impl Config {
     /// The named region `name` (`[regions.NAME]`), if the config defines it.
     pub fn region_spec(&self, name: &str) -> Option<RegionSpec> {
         let r = self.regions.get(name)?;
-        match (&r.bbox, &r.geojson) {
-            (Some(b), _) => Some(RegionSpec::Bbox(b.clone())),
-            (None, Some(p)) => Some(RegionSpec::GeoJson(p.clone())),
-            // Validation guarantees exactly one of the two.
-            (None, None) => None,
+        match (&r.bbox, &r.geojson, &r.point) {
+            (Some(b), _, _) => Some(RegionSpec::Bbox(b.clone())),
+            (None, Some(p), _) => Some(RegionSpec::GeoJson(p.clone())),
+            (None, None, Some(p)) => Some(RegionSpec::Point(p.clone())),
+            // Validation guarantees exactly one of the three.
+            (None, None, None) => None,
         }
     }
 
@@ -237,12 +238,13 @@ impl Default for HarvestConfig {
     }
 }
 
-/// `[regions.NAME]`: exactly one of `bbox` or `geojson`.
+/// `[regions.NAME]`: exactly one of `bbox`, `geojson` or `point` (`"lon,lat@200m"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     pub bbox: Option<String>,
     pub geojson: Option<PathBuf>,
+    pub point: Option<String>,
 }
 
 fn de_tilesets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Tileset>, D::Error> {
@@ -472,10 +474,11 @@ impl Config {
             });
         }
         for (name, r) in &self.regions {
-            if r.bbox.is_some() == r.geojson.is_some() {
+            let given = [r.bbox.is_some(), r.geojson.is_some(), r.point.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
                 return Err(ConfigError::Value {
                     key: format!("regions.{name}"),
-                    problem: "give exactly one of bbox or geojson".into(),
+                    problem: "give exactly one of bbox, geojson or point".into(),
                 });
             }
         }

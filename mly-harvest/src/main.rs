@@ -9,6 +9,7 @@ mod config;
 mod exit;
 mod images_cmd;
 mod ops;
+mod scope;
 mod summary;
 
 use cli::{Cli, LogFormat};

@@ -1,6 +1,7 @@
 //! The end-of-run summary a `sync` prints.
 
 use mly_core::pipeline::SyncSummary;
+use mly_core::pipeline::scope::ScopeSummary;
 
 /// The summary as the user reads it: the run, this process's records, and its requests.
 pub fn render(s: &SyncSummary) -> String {
@@ -35,6 +36,43 @@ pub fn render(s: &SyncSummary) -> String {
         r.not_modified,
         r.search,
         r.entity,
+        r.retries,
+        r.throttled,
+        s.seconds
+    )
+}
+
+/// The summary of a scope harvest: the pass, what this process listed and wrote, its requests.
+pub fn render_scope(s: &ScopeSummary) -> String {
+    let p = &s.this_process;
+    let w = &p.writes;
+    let r = &s.requests;
+    format!(
+        "run {} {} ({}, {:?} pass) {:?}: {} pages so far\n  this process: {} pages, {} images listed, {} kept; images {} new, {} changed, {} revived, {} deleted; {} map features in {} cells ({} new, {} changed, {} deleted); {} unlisted records checked by id ({} still there)\n  requests: {} tiles, {} search, {} entity ({} to confirm deletions); {} retries, {} throttled; {:.1} s",
+        s.run_id,
+        crate::cli::printable(&s.name),
+        if s.resumed { "resumed" } else { "new" },
+        s.pass,
+        s.outcome,
+        s.pages_total,
+        p.pages,
+        p.listed,
+        p.kept,
+        w.images_new,
+        w.images_changed,
+        w.images_revived,
+        w.images_deleted,
+        p.features,
+        p.feature_cells,
+        w.features_new + w.features_revived,
+        w.features_changed,
+        w.features_deleted,
+        p.checked,
+        p.still_there,
+        r.tiles,
+        r.search,
+        r.entity,
+        r.confirm,
         r.retries,
         r.throttled,
         s.seconds

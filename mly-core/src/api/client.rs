@@ -1,6 +1,9 @@
 //! The HTTP client: one retry loop shared by tiles and Graph calls, with classification,
 //! pacing, size caps and token scrubbing.
 
+// Paged and filtered image searches (scope harvests) use this module's retry loop.
+pub(super) mod paged;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -350,12 +353,13 @@ impl ApiClient {
 
     /// All images in a bbox, or `TooMuch` when the box must be split.
     pub async fn search_images(&self, bbox: &Bbox) -> Result<Search<ImageDetails>, ApiError> {
-        self.search("images", "images", IMAGE_FIELDS, bbox, graph::parse_image).await
+        self.search("images", "images", IMAGE_FIELDS, bbox, graph::parse_image, None).await
     }
 
     /// All map features in a bbox, or `TooMuch` when the box must be split.
     pub async fn search_map_features(&self, bbox: &Bbox) -> Result<Search<MapFeatureDetails>, ApiError> {
-        self.search("map_features", "map features", MAP_FEATURE_FIELDS, bbox, graph::parse_map_feature).await
+        self.search("map_features", "map features", MAP_FEATURE_FIELDS, bbox, graph::parse_map_feature, None)
+            .await
     }
 
     /// Images by id (any number; chunked by 50). Missing ids are found by bisection.
@@ -395,14 +399,18 @@ impl ApiClient {
         fields: &str,
         bbox: &Bbox,
         parse: fn(&Value) -> Result<T, String>,
+        filter: Option<&paged::ImageFilter>,
     ) -> Result<Search<T>, ApiError> {
         let mut all = Vec::new();
         // The API takes west < east only; a box across the antimeridian is two searches.
         for part in bbox.split_antimeridian() {
             let context = format!("while searching {what} in bbox {}", part.to_query());
             let mut url = self.url(&self.inner.graph, endpoint)?;
+            url.query_pairs_mut().append_pair("bbox", &part.to_query());
+            if let Some(f) = filter {
+                f.append(&mut url);
+            }
             url.query_pairs_mut()
-                .append_pair("bbox", &part.to_query())
                 .append_pair("fields", fields)
                 .append_pair("limit", &SEARCH_LIMIT.to_string());
             match self.execute(Family::Search, url, HeaderMap::new(), &context, JSON_CAP, true).await? {

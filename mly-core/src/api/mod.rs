@@ -11,6 +11,7 @@ use std::time::Duration;
 use mly_contract::Secret;
 
 pub use client::ApiClient;
+pub use client::paged::{ImageFilter, Page};
 pub(crate) use client::{backoff, error_chain};
 pub use error::ApiError;
 pub use limiter::PaceError;

@@ -1,9 +1,10 @@
 //! The job state that makes every run resumable: runs (`harvest_run`), tile jobs with leases
-//! (`harvest_tile`), and the tile server block (`mly_harvest_global.tile_block`). Every
-//! statement on these tables lives in this module.
+//! (`harvest_tile`), scope listings (`harvest_scope`, see [`scopes`]), and the tile server block
+//! (`mly_harvest_global.tile_block`). Every statement on these tables lives in this module.
 
 pub mod block;
 mod runs;
+pub mod scopes;
 mod tiles;
 
 use std::fmt;
@@ -33,6 +34,8 @@ pub enum JobsError {
     },
     #[error("lease lost on tile {tileset} {tile} (run {run}): another worker holds it now")]
     LeaseLost { run: RunId, tileset: Tileset, tile: TileId },
+    #[error("lost the lease of scope run {run}: another worker holds it now")]
+    ScopeLeaseLost { run: RunId },
     #[error("run {0} does not exist")]
     NoSuchRun(RunId),
     #[error("job table holds an invalid {what}: {value:?}")]

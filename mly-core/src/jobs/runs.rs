@@ -10,21 +10,26 @@ use crate::store::{ADVISORY_LOCK_KEY, Store};
 
 /// Two processes starting the same region at once must end up in one run, not two: the run
 /// key's advisory lock serialises them (the second finds the first's run and resumes it).
-const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))";
+pub(super) const LOCK_RUN_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))";
 /// Planning a run is one process's job: the others wait on this session lock (tried, so that
 /// an interrupt is never stuck in a statement), then find the run planned.
 const TRY_LOCK_PLANNING: &str = "SELECT pg_try_advisory_lock(hashtextextended('plan:' || $1::text, $2))";
 const UNLOCK_PLANNING: &str = "SELECT pg_advisory_unlock(hashtextextended('plan:' || $1::text, $2))";
 const IS_PLANNED: &str = "SELECT planned FROM harvest_run WHERE id = $1";
 const MARK_PLANNED: &str = "UPDATE harvest_run SET planned = true, tiles_total = $2 WHERE id = $1";
-const RESUMABLE_RUN: &str = "SELECT id FROM harvest_run WHERE run_key = $1 AND status IN ('running', 'partial', 'stopped') \
+pub(super) const RESUMABLE_RUN: &str = "SELECT id FROM harvest_run WHERE run_key = $1 AND status IN ('running', 'partial', 'stopped') \
      ORDER BY id DESC LIMIT 1";
 /// On resume, failed tiles get their attempts back: the same command retries only those.
 const RETRY_FAILED: &str = "UPDATE harvest_tile SET state = 'pending', attempts = 0, empty_reads = 0, not_before = NULL, \
      lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE run_id = $1 AND state = 'failed'";
-const REOPEN_RUN: &str = "UPDATE harvest_run SET status = 'running', finished_at = NULL WHERE id = $1";
-const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total, planned) \
+pub(super) const REOPEN_RUN: &str =
+    "UPDATE harvest_run SET status = 'running', finished_at = NULL WHERE id = $1";
+pub(super) const INSERT_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total, planned) \
      VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', 0, false) \
+     RETURNING id";
+/// A run planned when it is created (a creator or organization scope: its work is its listing).
+pub(super) const INSERT_PLANNED_RUN: &str = "INSERT INTO harvest_run (region_name, region_geom, run_key, settings, status, tiles_total, planned) \
+     VALUES ($1, ST_Multi(ST_CollectionExtract(ST_GeomFromWKB($2, 4326), 3)), $3, $4, 'running', 0, true) \
      RETURNING id";
 /// A temp stage absorbs duplicate planned tiles, which would abort a direct COPY.
 const CREATE_STAGE_PLAN: &str = "CREATE TEMP TABLE stage_plan (run_id bigint, tileset text, z smallint, x integer, \

@@ -21,8 +21,10 @@ mod outcome;
 mod plan;
 mod progress;
 mod run;
+pub mod scope;
 mod tile;
 pub mod trace;
+mod within;
 
 use std::sync::Arc;
 use std::time::Duration;

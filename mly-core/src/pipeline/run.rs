@@ -54,6 +54,8 @@ pub(crate) struct RunCtx {
     pub(crate) block_key: block::BlockKey,
     /// `--ignore-block`: do not look for a recorded block before each tile request.
     pub(crate) ignore_block: bool,
+    /// A point region's circle: records outside it are not stored (see `within`).
+    pub(crate) circle: Option<crate::region::Circle>,
     /// Rows written when the tables were last analyzed (see `analyze_when_grown`).
     analyzed_at: AtomicU64,
 }
@@ -239,6 +241,7 @@ pub async fn sync(
             halted: AtomicBool::new(false),
             block_key,
             ignore_block: opts.ignore_block,
+            circle: region.circle,
             analyzed_at: AtomicU64::new(0),
         });
         let _trace = trace::Guard::new(opts.trace.as_ref(), &ctx);

@@ -69,7 +69,7 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     // does not ask for "not modified".
     let etag =
         if ctx.refresh_before.is_some() || !lacking.is_empty() { None } else { snapshot.etag.as_deref() };
-    let (decoded, new_etag, _memory) =
+    let (mut decoded, new_etag, _memory) =
         match fetch_tile(&ctx.api, &ctx.memory, times, c.tileset, c.tile, etag).await? {
             Fetched::NotModified => {
                 // Unchanged: the tile still holds what the database has of it.
@@ -88,6 +88,10 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
     } else {
         decoded.features.iter().map(|r| r.id.0).collect()
     };
+    // A point region: only records inside its circle go on (the listing above still says what vanished).
+    if let Some(circle) = &ctx.circle {
+        super::within::listed(circle, c.tileset, &mut decoded);
+    }
     let vanished = match diff::vanishing(&snapshot.live, &listed, c.empty_reads) {
         Vanishing::ReadAgain => return Ok(TileEnd::Recheck),
         Vanishing::Nothing => Vec::new(),
@@ -143,6 +147,9 @@ async fn process(ctx: &RunCtx, c: &Claimed) -> Result<TileEnd, TileFailure> {
             .into_iter()
             .map(|(tile, tile_hash)| FeatureRow { details: details.remove(&tile.id.0), tile, tile_hash })
             .collect();
+    }
+    if let Some(circle) = &ctx.circle {
+        super::within::written(circle, &mut w);
     }
     // The tile's other tilesets follow when it lists images now or held live ones (a 404 that
     // kept them must not leave their map features unread).

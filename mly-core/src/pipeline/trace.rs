@@ -32,6 +32,15 @@ impl RunTrace {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records a run without a tile loop (a scope run): its id and this process's figures.
+    pub(crate) fn record(&self, run_id: i64, requests: ApiCounters, process: ProcessCounters) {
+        self.set(|s| {
+            s.run_id = Some(run_id);
+            s.requests = Some(requests);
+            s.process = Some(process);
+        });
+    }
+
     fn set(&self, f: impl FnOnce(&mut TraceState)) {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
     }

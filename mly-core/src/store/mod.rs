@@ -27,6 +27,10 @@ pub use rows::{
 };
 pub use schema::{ADVISORY_LOCK_KEY, MIGRATOR, SchemaNameError, check_schema_name, drift, known_migrations};
 pub use timing::{Stage, StageTimes};
+pub(crate) use write::scope::live_scope_image;
+pub use write::scope::{
+    ScopeCounts, ScopeFeature, ScopeRows, ScopeWritten, image_position, scope_images_among, write_scope_rows,
+};
 
 /// A connection pool whose connections all use the configured schema.
 #[derive(Clone, Debug)]

@@ -296,7 +296,7 @@ impl Watch {
             started: Instant::now(),
             trace,
             cfg,
-            region: args.region.clone(),
+            region: args.label(),
             budget_day: args.budget_day,
         })
     }

@@ -11,6 +11,7 @@
 
 mod copy;
 mod plan;
+pub mod scope;
 mod sql;
 
 use std::collections::{HashMap, HashSet};

@@ -77,21 +77,43 @@ SELECT DISTINCT sequence_id FROM images WHERE id = ANY($1) AND sequence_id IS NO
 // enriched_at of the proposed row is non-NULL exactly when details were given ('now' in the COPY
 // text), so ON CONFLICT uses it as the has-details flag. The WHERE keeps a row that would come out
 // equal from being rewritten (a concurrent writer may have written it since the tile was read).
-pub(super) const UPSERT_IMAGES: &str = "
-INSERT INTO images AS i (id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
+/// The images columns an upsert from `stage_img` writes, in the order of its INSERT and SELECT.
+macro_rules! upserted_image_columns {
+    () => {
+        "id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
     creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
-    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at)
-SELECT DISTINCT ON (id) id, sequence_id, captured_at, compass_angle, computed_compass_angle, is_pano,
-    creator_id, creator_username, organization_id, camera_type, make, model, width, height, altitude,
-    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at
-FROM stage_img ORDER BY id, enriched_at IS NOT NULL DESC
-ON CONFLICT (id) DO UPDATE SET
-    sequence_id = COALESCE(EXCLUDED.sequence_id, i.sequence_id),
+    computed_altitude, quality_score, geom, computed_geom, tile_z, tile_x, tile_y, tile_hash, enriched_at"
+    };
+}
+pub(super) use upserted_image_columns;
+
+/// The fields a tile gives too: an upsert whose row lacks one keeps the stored value (a tile's
+/// or an answer's gap never erases what another read gave).
+macro_rules! image_fields_kept_when_absent {
+    () => {
+        "sequence_id = COALESCE(EXCLUDED.sequence_id, i.sequence_id),
     captured_at = COALESCE(EXCLUDED.captured_at, i.captured_at),
     compass_angle = COALESCE(EXCLUDED.compass_angle, i.compass_angle),
     is_pano = COALESCE(EXCLUDED.is_pano, i.is_pano),
     creator_id = COALESCE(EXCLUDED.creator_id, i.creator_id),
-    organization_id = COALESCE(EXCLUDED.organization_id, i.organization_id),
+    organization_id = COALESCE(EXCLUDED.organization_id, i.organization_id)"
+    };
+}
+pub(super) use image_fields_kept_when_absent;
+
+pub(super) const UPSERT_IMAGES: &str = concat!(
+    "
+INSERT INTO images AS i (",
+    upserted_image_columns!(),
+    ")
+SELECT DISTINCT ON (id) ",
+    upserted_image_columns!(),
+    "
+FROM stage_img ORDER BY id, enriched_at IS NOT NULL DESC
+ON CONFLICT (id) DO UPDATE SET
+    ",
+    image_fields_kept_when_absent!(),
+    ",
     computed_compass_angle = CASE WHEN EXCLUDED.enriched_at IS NOT NULL
         THEN EXCLUDED.computed_compass_angle ELSE i.computed_compass_angle END,
     creator_username = CASE WHEN EXCLUDED.enriched_at IS NOT NULL
@@ -120,7 +142,8 @@ ON CONFLICT (id) DO UPDATE SET
     deleted_at = NULL
 WHERE EXCLUDED.enriched_at IS NOT NULL OR i.deleted_at IS NOT NULL OR i.missing_from_tile_at IS NOT NULL
    OR i.tile_hash IS DISTINCT FROM EXCLUDED.tile_hash
-   OR (i.tile_z, i.tile_x, i.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)";
+   OR (i.tile_z, i.tile_x, i.tile_y) IS DISTINCT FROM (EXCLUDED.tile_z, EXCLUDED.tile_x, EXCLUDED.tile_y)"
+);
 
 // Vanished records ($4 for images, $5 for features; never ids the tile lists, see `Gone`), only
 // while they are still this tile's and live: a concurrent writer may have moved one to its own
