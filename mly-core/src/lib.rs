@@ -8,7 +8,6 @@
 //! downloads the pictures of harvested images.
 
 pub mod api;
-pub mod budget;
 pub mod cover;
 pub mod images;
 pub mod io;
@@ -19,4 +18,3 @@ pub mod pipeline;
 pub mod region;
 pub mod settings;
 pub mod store;
-pub mod workers;

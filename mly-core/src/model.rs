@@ -130,3 +130,33 @@ pub struct Detection {
     /// The raw base64 MVT as the API sent it.
     pub geometry_b64: Option<String>,
 }
+
+/// What an image search is narrowed to besides its area or page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageFilter {
+    /// `creator_username`.
+    pub creator_username: Option<String>,
+    /// `organization_id`.
+    pub organization_id: Option<i64>,
+    /// Earliest capture time, ms since the epoch (inclusive).
+    pub start_ms: Option<i64>,
+    /// Latest capture time, ms since the epoch (inclusive).
+    pub end_ms: Option<i64>,
+}
+
+impl ImageFilter {
+    /// The filter as it reads in a log line or error.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.creator_username {
+            parts.push(format!("creator {c}"));
+        }
+        if let Some(o) = self.organization_id {
+            parts.push(format!("organization {o}"));
+        }
+        if self.start_ms.is_some() || self.end_ms.is_some() {
+            parts.push("in a capture window".into());
+        }
+        parts.join(", ")
+    }
+}

@@ -466,7 +466,7 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
         run: jobs::RunInfo,
         tiles: Vec<jobs::TileCount>,
         /// None when the workers table could not be read.
-        workers: Option<Vec<mly_core::workers::Worker>>,
+        workers: Option<Vec<mly_core::jobs::workers::Worker>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         scope: Option<jobs::scopes::ScopeStatus>,
     }
@@ -478,7 +478,7 @@ async fn status(store: &Store, args: &StatusArgs) -> Result<i32, CliError> {
     // The processes working on the runs now (a heartbeat older than its lease is not live).
     // Best effort like the block hint: a role granted SELECT before the table existed cannot
     // read it, and status still shows the runs (workers "unknown", null in JSON).
-    let workers = mly_core::workers::live(store).await;
+    let workers = mly_core::jobs::workers::live(store).await;
     let mut scopes =
         jobs::scopes::scope_statuses(store, &runs.iter().map(|r| jobs::RunId(r.id)).collect::<Vec<_>>())
             .await?;

@@ -111,7 +111,7 @@ async fn download(cli: &Cli, a: &DownloadArgs) -> Result<i32, CliError> {
         } => store?,
     };
     // The URL lookups take slots of the app's shared entity timeline, like a sync's.
-    let app = mly_core::budget::AppKey::from_token(cfg.mapillary.access_token.expose());
+    let app = mly_core::jobs::budget::AppKey::from_token(cfg.mapillary.access_token.expose());
     let pacing = mly_core::api::Pacing::Shared { store: store.clone(), app };
     let api = ApiClient::new(cfg.api_settings(), pacing).map_err(ImagesError::Api)?;
     let opts = DownloadOptions {

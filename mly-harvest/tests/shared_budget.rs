@@ -9,8 +9,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use mly_contract::Family;
-use mly_core::budget::AppKey;
-use mly_core::budget::timeline::{self, Reserved};
+use mly_core::jobs::budget::AppKey;
+use mly_core::jobs::budget::timeline::{self, Reserved};
 use mly_core::store::Store;
 
 use common::{Sim, checksum, fresh_db, harvest_env, psql, read_only_role, run, spawn_to_files, sync_ok};

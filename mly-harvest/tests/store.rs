@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use geozero::{CoordDimensions, ToWkb};
 use mly_contract::tiles::TileId;
 use mly_contract::{FeatureKind, Tileset};
-use mly_core::budget::{self, AppKey, TileLimits};
+use mly_core::jobs::budget::{self, AppKey, TileLimits};
 use mly_core::jobs::{self, JobsError, Lease, PlannedTile, RunId, RunStatus, TileCount, TileState};
 use mly_core::model::{
     Detection, ImageDetails, ImageId, MapFeatureDetails, MapFeatureId, TileFeature, TileImage, TileSequence,

@@ -399,7 +399,7 @@ impl ApiClient {
         fields: &str,
         bbox: &Bbox,
         parse: fn(&Value) -> Result<T, String>,
-        filter: Option<&paged::ImageFilter>,
+        filter: Option<&crate::model::ImageFilter>,
     ) -> Result<Search<T>, ApiError> {
         let mut all = Vec::new();
         // The API takes west < east only; a box across the antimeridian is two searches.
@@ -408,7 +408,7 @@ impl ApiClient {
             let mut url = self.url(&self.inner.graph, endpoint)?;
             url.query_pairs_mut().append_pair("bbox", &part.to_query());
             if let Some(f) = filter {
-                f.append(&mut url);
+                paged::append_filter(f, &mut url);
             }
             url.query_pairs_mut()
                 .append_pair("fields", fields)

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::budget::timeline::{self, GRACE};
-use crate::budget::{AppKey, timeline::spacing};
+use crate::jobs::budget::timeline::{self, GRACE};
+use crate::jobs::budget::{AppKey, timeline::spacing};
 use crate::store::{Store, StoreError};
 use mly_contract::Family;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mly_contract::Secret;
 
 pub use client::ApiClient;
-pub use client::paged::{ImageFilter, Page};
+pub use client::paged::Page;
 pub(crate) use client::{backoff, error_chain};
 pub use error::ApiError;
 pub use limiter::PaceError;
@@ -50,7 +50,7 @@ pub enum Pacing {
     ThisProcess,
     /// Every process of the app, on any host: slots of the app's timelines in the database
     /// (`budget::timeline`), which must be migrated.
-    Shared { store: crate::store::Store, app: crate::budget::AppKey },
+    Shared { store: crate::store::Store, app: crate::jobs::budget::AppKey },
 }
 
 /// Tile requests in flight at once for a pace of `tiles_per_minute` answered in about a second

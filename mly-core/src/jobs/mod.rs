@@ -3,9 +3,11 @@
 //! (`mly_harvest_global.tile_block`). Every statement on these tables lives in this module.
 
 pub mod block;
+pub mod budget;
 mod runs;
 pub mod scopes;
 mod tiles;
+pub mod workers;
 
 use std::fmt;
 use std::time::Duration;

@@ -15,9 +15,9 @@ use super::progress::{self, Progress};
 use super::run::RunCtx;
 use super::tile::process_tile;
 use super::{PipelineError, SyncOptions, interrupt};
-use crate::budget;
+use crate::jobs::budget;
+use crate::jobs::workers;
 use crate::jobs::{self, Claimed, Deferral, block};
-use crate::workers;
 
 /// A tile is given up (state `failed`) after this many attempts.
 const MAX_TILE_ATTEMPTS: i32 = 3;

@@ -22,8 +22,8 @@ use crate::exit;
 use mly_contract::Tileset;
 use mly_contract::tiles::TileId;
 use mly_core::api::{ApiClient, ApiError, ApiSettings, Pacing, TileResponse, redact};
-use mly_core::budget::{self, AppKey, TileLimits};
 use mly_core::jobs::block::{self, BlockKey};
+use mly_core::jobs::budget::{self, AppKey, TileLimits};
 use mly_core::mvt;
 use mly_core::store::{Store, StoreError, query_err};
 

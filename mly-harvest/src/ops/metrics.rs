@@ -362,7 +362,7 @@ impl Watch {
         // The shared budget (mly_harvest_global) is keyed by the token's app: this token's app is
         // what the run spent and what is left to it (no token: every app's tiles together).
         let token = cfg.mapillary.access_token.expose();
-        let app = (!token.is_empty()).then(|| mly_core::budget::AppKey::from_token(token));
+        let app = (!token.is_empty()).then(|| mly_core::jobs::budget::AppKey::from_token(token));
         let used = super::tile_budget_used(&store, day, app.as_ref().map(|a| a.as_str())).await?;
         m.budget = Some((cfg.limits.tiles_per_day, used.unwrap_or(0)));
         m.last_success = super::last_success(&store).await?;

@@ -9,26 +9,13 @@ use serde_json::Value;
 use super::{ApiClient, JSON_CAP, Reply, json};
 use crate::api::error::{ApiError, Class};
 use crate::api::{IMAGE_FIELDS, SEARCH_LIMIT, Search, graph};
-use crate::model::ImageDetails;
+use crate::model::{ImageDetails, ImageFilter};
 use mly_contract::Family;
 use mly_contract::tiles::Bbox;
 
 /// A page that the service finds too much to answer is asked again with half the `limit`, down
 /// to this.
 const MIN_PAGE_LIMIT: usize = 125;
-
-/// What an image search is narrowed to besides its area or page.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageFilter {
-    /// `creator_username`.
-    pub creator_username: Option<String>,
-    /// `organization_id`.
-    pub organization_id: Option<i64>,
-    /// Earliest capture time, ms since the epoch (inclusive).
-    pub start_ms: Option<i64>,
-    /// Latest capture time, ms since the epoch (inclusive).
-    pub end_ms: Option<i64>,
-}
 
 /// One page of a paged search.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,38 +31,22 @@ fn iso_seconds(secs: i64) -> Option<String> {
     chrono::DateTime::from_timestamp(secs, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-impl ImageFilter {
-    /// Appends the filter's parameters. The window is widened to whole seconds (start rounded
-    /// down, end up), so the answer holds at least the window: callers filter it exactly.
-    pub(super) fn append(&self, url: &mut Url) {
-        let mut q = url.query_pairs_mut();
-        if let Some(c) = &self.creator_username {
-            q.append_pair("creator_username", c);
-        }
-        if let Some(o) = self.organization_id {
-            q.append_pair("organization_id", &o.to_string());
-        }
-        if let Some(s) = self.start_ms.and_then(|ms| iso_seconds(ms.div_euclid(1000))) {
-            q.append_pair("start_captured_at", &s);
-        }
-        if let Some(e) = self.end_ms.and_then(|ms| iso_seconds((ms + 999).div_euclid(1000))) {
-            q.append_pair("end_captured_at", &e);
-        }
+/// Appends an image filter's parameters to a search URL. The window is widened to whole
+/// seconds (start rounded down, end up), so the answer holds at least the window: callers filter
+/// it exactly.
+pub(super) fn append_filter(f: &ImageFilter, url: &mut Url) {
+    let mut q = url.query_pairs_mut();
+    if let Some(c) = &f.creator_username {
+        q.append_pair("creator_username", c);
     }
-
-    /// The filter as it reads in a log line or error.
-    fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(c) = &self.creator_username {
-            parts.push(format!("creator {c}"));
-        }
-        if let Some(o) = self.organization_id {
-            parts.push(format!("organization {o}"));
-        }
-        if self.start_ms.is_some() || self.end_ms.is_some() {
-            parts.push("in a capture window".into());
-        }
-        parts.join(", ")
+    if let Some(o) = f.organization_id {
+        q.append_pair("organization_id", &o.to_string());
+    }
+    if let Some(s) = f.start_ms.and_then(|ms| iso_seconds(ms.div_euclid(1000))) {
+        q.append_pair("start_captured_at", &s);
+    }
+    if let Some(e) = f.end_ms.and_then(|ms| iso_seconds((ms + 999).div_euclid(1000))) {
+        q.append_pair("end_captured_at", &e);
     }
 }
 
@@ -114,7 +85,7 @@ impl ApiClient {
         loop {
             let context = format!("while listing the images of {} (page of {limit})", filter.describe());
             let mut url = self.url(&self.inner.graph, "images")?;
-            filter.append(&mut url);
+            append_filter(filter, &mut url);
             url.query_pairs_mut()
                 .append_pair("fields", IMAGE_FIELDS)
                 .append_pair("limit", &limit.to_string());
@@ -185,7 +156,7 @@ mod tests {
             end_ms: Some(1_700_000_100_001),
         };
         let mut url = Url::parse("http://g/images").unwrap();
-        f.append(&mut url);
+        append_filter(&f, &mut url);
         assert_eq!(
             url.query(),
             Some(

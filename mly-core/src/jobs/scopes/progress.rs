@@ -6,8 +6,8 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use super::{Phase, Position, f64_ms};
-use crate::api::ImageFilter;
 use crate::jobs::{JobsError, RunId, millis, q, tile_key};
+use crate::model::ImageFilter;
 use crate::store::{Store, live_scope_image};
 use mly_contract::tiles::TileId;
 

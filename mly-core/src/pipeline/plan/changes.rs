@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use futures::StreamExt;
 
 use crate::api::{ApiClient, ApiError, TileResponse};
-use crate::budget::{self, AppKey, TileLimits};
+use crate::jobs::budget::{self, AppKey, TileLimits};
 use crate::model::TileSequence;
 use crate::mvt;
 use crate::store::{Store, StoreError};

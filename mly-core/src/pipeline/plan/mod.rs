@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::api::{ApiClient, ApiError};
-use crate::budget::{AppKey, TileLimits};
+use crate::jobs::budget::{AppKey, TileLimits};
 use crate::jobs::{PlannedTile, SkipReason};
 use crate::settings::Harvest;
 use crate::store::{Store, StoreError};

@@ -5,9 +5,10 @@
 use super::plan::Source;
 use super::quadtree::search_split;
 use super::{ScopeFailure, cancellable};
-use crate::api::{ApiClient, ImageFilter};
+use crate::api::ApiClient;
 use crate::jobs::scopes::Position;
 use crate::model::ImageDetails;
+use crate::model::ImageFilter;
 use mly_contract::tiles::TileId;
 
 /// One page of the listing.

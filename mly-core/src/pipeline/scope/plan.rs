@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::api::ImageFilter;
+use crate::model::ImageFilter;
 use crate::model::{ImageDetails, MapFeatureDetails};
 use crate::region::Region;
 use crate::settings::Harvest;

@@ -12,10 +12,11 @@ use super::features::{edge_images, search_cell};
 use super::listing::next_page;
 use super::plan::{Keep, Source, feature_kinds};
 use super::{Scope, ScopeFailure, ScopeOptions, ScopeProcess, ScopeSummary, api_error, vanished};
-use crate::api::{ApiClient, ApiError, ImageFilter};
+use crate::api::{ApiClient, ApiError};
 use crate::jobs::scopes::{self, Advance, Pass, Phase, ScopeJob, ScopeStart};
 use crate::jobs::{self, RunId};
 use crate::model::ImageDetails;
+use crate::model::ImageFilter;
 use crate::pipeline::{Outcome, PipelineError, interrupt};
 use crate::settings::SyncSettings;
 use crate::store::{ScopeRows, Store, query_err, scope_images_among};
@@ -52,7 +53,7 @@ pub async fn sync_scope(
         };
         let (run, resumed) = scopes::start_or_resume_scope(store, &start).await?;
         // Its searches take slots of the app's shared timelines, like a tile run's.
-        let app = crate::budget::AppKey::from_token(settings.api.token.expose());
+        let app = crate::jobs::budget::AppKey::from_token(settings.api.token.expose());
         let pacing = crate::api::Pacing::Shared { store: store.clone(), app };
         let api = ApiClient::new(settings.api.clone(), pacing).map_err(PipelineError::Api)?;
         let owner = jobs::owner_id();

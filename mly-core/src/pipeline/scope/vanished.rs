@@ -6,9 +6,10 @@
 
 use super::plan::{Keep, kind_of};
 use super::{ScopeFailure, cancellable};
-use crate::api::{ApiClient, ImageFilter};
+use crate::api::ApiClient;
 use crate::jobs::RunId;
 use crate::jobs::scopes::{self, Unseen};
+use crate::model::ImageFilter;
 use crate::model::{ImageId, MapFeatureId};
 use crate::store::{ScopeFeature, ScopeRows, Store, image_position};
 use mly_contract::FeatureKind;

@@ -20,7 +20,7 @@ use super::sql::{
 };
 use super::sql::{image_fields_kept_when_absent, upserted_image_columns};
 use super::{copy, rebuild_sequences};
-use crate::api::ImageFilter;
+use crate::model::ImageFilter;
 use crate::model::{ImageDetails, MapFeatureDetails};
 use crate::store::{StoreError, query_err, tile_key};
 use mly_contract::FeatureKind;
